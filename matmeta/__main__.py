@@ -1,0 +1,3 @@
+from matmeta.cli.main import main
+
+raise SystemExit(main())

@@ -1,0 +1,23 @@
+"""Helpers shared by subcommands: common options and output."""
+
+from __future__ import annotations
+
+import argparse
+
+
+def add_runtime_options(p: argparse.ArgumentParser) -> None:
+    """--device, --threads and --seed, the same for every command that computes."""
+    p.add_argument("--device", default="auto",
+                   help="cpu, cuda, cuda:N or auto (CUDA when available) [default: auto]")
+    p.add_argument("--threads", type=int, default=None,
+                   help="torch CPU threads (default: torch's choice, or $MATMETA_THREADS)")
+    p.add_argument("--seed", type=int, default=0, help="random seed [default: 0]")
+
+
+def setup_runtime(args: argparse.Namespace):
+    """Apply --threads/--seed and return the resolved device."""
+    from matmeta.config import resolve_device, seed_everything, set_threads
+
+    set_threads(getattr(args, "threads", None))
+    seed_everything(getattr(args, "seed", 0))
+    return resolve_device(getattr(args, "device", "auto"))
