@@ -1,1 +1,47 @@
-"""TODO"""
+"""Influence of each support sample on an adaptation: requests, estimators, agreement with LOO.
+
+The request (:class:`InfluenceRequest`) says what to measure; an estimator (``loo``,
+``unrolled``, ``implicit``, ``tracin``) says how. Every score follows one sign convention:
+``target(adapted without the sample) - target(adapted with all)``; for the query loss, positive
+means the sample helped, negative that it hurt.
+
+Example:
+    >>> from matmeta.influence import explain
+    >>> df = explain(model, params, support, query, inner={"steps": 100, "lr": 0.1},
+    ...              estimator="unrolled", check_loo=True)
+"""
+
+from matmeta.influence._estimators import (
+    ESTIMATORS,
+    InfluenceScores,
+    estimate,
+    implicit_influence,
+    loo_influence,
+    tracin_influence,
+    unrolled_influence,
+)
+from matmeta.influence._explain import (
+    DuplicateSampleWarning,
+    agreement,
+    explain,
+    explain_request,
+    find_duplicates,
+)
+from matmeta.influence._request import SIGN_CONVENTION, InfluenceRequest
+
+__all__ = sorted([
+    "DuplicateSampleWarning",
+    "ESTIMATORS",
+    "InfluenceRequest",
+    "InfluenceScores",
+    "SIGN_CONVENTION",
+    "agreement",
+    "estimate",
+    "explain",
+    "explain_request",
+    "find_duplicates",
+    "implicit_influence",
+    "loo_influence",
+    "tracin_influence",
+    "unrolled_influence",
+])

@@ -28,6 +28,7 @@ __all__ = ["MODEL_CLASSES", "build_model", "save_model", "load_model", "model_na
 MODEL_CLASSES: dict[str, str] = {
     "cgcnn": "matmeta.models._gnn:CGCNN",
     "mlp": "matmeta.models._mlp:MLP",
+    "composition": "matmeta.models._composition:CompositionModel",
     "jmak": "matmeta.models.parametric._jmak:JMAK",
     "arrhenius_jmak": "matmeta.models.parametric._jmak:ArrheniusJMAK",
     "arrhenius": "matmeta.models.parametric._arrhenius:Arrhenius",

@@ -1,1 +1,23 @@
-"""TODO"""
+"""Supervised training of property models: splits, training loop, metrics, trained predictors."""
+
+from matmeta.training._metrics import regression_metrics
+from matmeta.training._predictor import PropertyPredictor, load_predictor, predict_structures
+from matmeta.training._split import split_indices
+from matmeta.training._train import (
+    TrainResult,
+    TrainSettings,
+    describe_metrics,
+    train_property_model,
+)
+
+__all__ = [
+    "PropertyPredictor",
+    "TrainResult",
+    "TrainSettings",
+    "describe_metrics",
+    "load_predictor",
+    "predict_structures",
+    "regression_metrics",
+    "split_indices",
+    "train_property_model",
+]

@@ -1,0 +1,71 @@
+"""Closed-form Bayesian adaptation: Bayesian linear and Gaussian-process heads on features,
+meta-learned Gaussian priors for parametric laws, and the scores of their predictive uncertainty.
+
+Every head offers ``fit(support) -> posterior`` and ``posterior.predict(query) -> (mean, std)``,
+so an evaluation scores them all the same way (:func:`score_predictions`). The feature heads'
+posteriors also give exact leave-one-out predictions and the exact change of any query prediction
+when one support point is removed, without refitting.
+
+Example:
+    >>> from matmeta.bayes import BayesianLinearHead, score_predictions
+    >>> post = BayesianLinearHead().fit(Samples(phi_support, y_support))
+    >>> mean, std = post.predict(phi_query)
+    >>> score_predictions(mean, std, y_query)        # mae, crps, nlpd, coverage_50, coverage_90
+"""
+
+from matmeta.bayes._core import JitterWarning, cholesky_with_jitter
+from matmeta.bayes._gp import (
+    KERNELS,
+    GaussianProcessHead,
+    GPPosterior,
+    fit_gp,
+    gp_kernel,
+    gp_log_marginal_likelihood,
+)
+from matmeta.bayes._linear import (
+    BayesianLinearHead,
+    LinearPosterior,
+    fit_bayes_linear,
+    linear_log_evidence,
+)
+from matmeta.bayes._metrics import (
+    central_interval,
+    gaussian_crps,
+    gaussian_nlpd,
+    interval_coverage,
+    sample_crps,
+    score_predictions,
+)
+from matmeta.bayes._prior import (
+    ParametricPosterior,
+    ParametricPriorHead,
+    PriorFit,
+    adapt_parametric,
+    learn_prior,
+)
+
+__all__ = [
+    "BayesianLinearHead",
+    "GPPosterior",
+    "GaussianProcessHead",
+    "JitterWarning",
+    "KERNELS",
+    "LinearPosterior",
+    "ParametricPosterior",
+    "ParametricPriorHead",
+    "PriorFit",
+    "adapt_parametric",
+    "central_interval",
+    "cholesky_with_jitter",
+    "fit_bayes_linear",
+    "fit_gp",
+    "gaussian_crps",
+    "gaussian_nlpd",
+    "gp_kernel",
+    "gp_log_marginal_likelihood",
+    "interval_coverage",
+    "learn_prior",
+    "linear_log_evidence",
+    "sample_crps",
+    "score_predictions",
+]

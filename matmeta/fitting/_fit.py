@@ -1,0 +1,500 @@
+"""Fit parametric laws to many curves at once: multi-start batched Levenberg-Marquardt, MAP
+with a Gaussian prior, standard errors from the Jacobian, and flags for poorly determined fits.
+
+Objective for curve ``c`` (``w`` sample weights, ``sigma`` per-point std when given)::
+
+    sum_i w_i ((f(x_i) - y_i) / s_i)^2  +  |W (theta - mu)|^2        (second term: MAP only)
+
+with ``s_i = sigma_i`` when sigmas are given, else ``noise_std`` (only matters with a prior),
+and ``W^T W = cov_prior^-1``. Without a prior the standard errors follow
+``scipy.optimize.curve_fit`` (``absolute_sigma=False``): ``cov = s^2 (J^T J)^-1`` with
+``s^2 = RSS / (n - P)``. With a prior they are the Laplace posterior ``(J^T J)^-1`` over data and
+prior residuals together.
+
+Example:
+    >>> res = fit_jmak([t1_s, t2_s], [f1, f2])               # two curves, one call
+    >>> res.table()[["k_per_s", "k_per_s_se", "n", "t_half_s", "rmse", "converged"]]
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import torch
+from torch import Tensor
+
+from matmeta.errors import InputError
+from matmeta.fitting._lm import levenberg_marquardt
+from matmeta.models.parametric._base import ParametricModel, Prior
+from matmeta.models.parametric._jmak import JMAK
+from matmeta.models.parametric._units import seconds_per
+
+__all__ = ["FitResult", "fit_curves", "fit_jmak", "DEFAULT_NOISE_STD", "pad_curves"]
+
+# std of one fraction measurement assumed for MAP fits when neither the data (fraction_std) nor
+# the prior (noise_std) says: typical of hardness- or DSC-derived fractions.
+DEFAULT_NOISE_STD = 0.05
+
+# iterations of the adaptive multi-start's first pass (most curves converge in under 10)
+FIRST_PASS_ITER = 15
+
+# thresholds of the "poorly determined" flag (transformed space: ln k, ln n)
+SE_LN_N_MAX = 0.25
+SE_LN_K_MAX = 0.5
+NK_CORR_MAX = 0.99
+
+
+def pad_curves(inputs: Sequence[Any], ys: Sequence[Any], weights: Sequence[Any] | None = None,
+               sigmas: Sequence[Any] | None = None, *, dtype: torch.dtype = torch.float64,
+               device: torch.device | None = None) -> tuple[Tensor, Tensor, Tensor, Tensor | None]:
+    """Pad curves of different lengths into batch tensors; padding gets weight 0.
+
+    Example:
+        >>> x, y, w, s = pad_curves([[1.0, 2.0], [1.0, 2.0, 3.0]], [[0.1, 0.5], [0.1, 0.4, 0.9]])
+        >>> x.shape, w[0].tolist()
+        (torch.Size([2, 3]), [1.0, 1.0, 0.0])
+
+    Returns:
+        inputs (B, N, ...), y (B, N), weight (B, N), sigma (B, N) or None.
+    """
+    xs = [np.asarray(x, dtype=np.float64) for x in inputs]
+    yl = [np.asarray(y, dtype=np.float64).reshape(-1) for y in ys]
+    if len(xs) != len(yl):
+        raise InputError(f"{len(xs)} input arrays but {len(yl)} target arrays")
+    lengths = np.array([len(y) for y in yl])
+    for i, (x, y) in enumerate(zip(xs, yl)):
+        if x.shape[0] != y.shape[0]:
+            raise InputError(f"curve {i}: {x.shape[0]} inputs but {y.shape[0]} targets")
+    b, nmax = len(yl), int(lengths.max()) if len(yl) else 0
+    mask = np.arange(nmax)[None, :] < lengths[:, None]
+    trail = xs[0].shape[1:] if xs else ()
+
+    def pad(parts: list[np.ndarray], fill: float, shape: tuple = ()) -> Tensor:
+        out = np.full((b, nmax, *shape), fill, dtype=np.float64)
+        if b:
+            out[mask] = np.concatenate(parts, axis=0)
+        return torch.as_tensor(out, dtype=dtype, device=device)
+
+    # padding inputs get a finite dummy value (1.0): they carry weight 0
+    x_pad = pad(xs, 1.0, trail)
+    y_pad = pad(yl, 0.0)
+    if weights is None:
+        w_pad = torch.as_tensor(mask, dtype=dtype, device=device)
+    else:
+        w_pad = pad([np.ones(len(y)) if weights[i] is None
+                     else np.asarray(weights[i], dtype=np.float64).reshape(-1)
+                     for i, y in enumerate(yl)], 0.0)
+    s_pad = None
+    if sigmas is not None:
+        s_pad = pad([np.ones(len(y)) if sigmas[i] is None
+                     else np.asarray(sigmas[i], dtype=np.float64).reshape(-1)
+                     for i, y in enumerate(yl)], 1.0)
+    return x_pad, y_pad, w_pad, s_pad
+
+
+@dataclass
+class FitResult:
+    """Fitted parameters of B curves with their uncertainties.
+
+    Attributes:
+        model: the fitted :class:`ParametricModel`.
+        theta: (B, P) best parameters in transformed space (``model.flat_names`` order).
+        cov: (B, P, P) covariance of ``theta`` (NaN where the curvature is singular).
+        rmse: (B,) root mean square of ``f - y`` over each curve's points (sample-weighted).
+        cost: (B,) the minimised objective.
+        converged: (B,) convergence flag of the best start.
+        n_points: (B,) points with non-zero weight.
+        iterations: LM iterations run.
+        start_index: (B,) which start won.
+        map: whether a prior was used.
+        labels: optional curve labels.
+    """
+
+    model: ParametricModel
+    theta: Tensor
+    cov: Tensor
+    rmse: Tensor
+    cost: Tensor
+    converged: Tensor
+    n_points: Tensor
+    iterations: int
+    start_index: Tensor
+    map: bool = False
+    labels: list[Any] | None = None
+
+    def __len__(self) -> int:
+        return int(self.theta.shape[0])
+
+    @property
+    def params(self) -> dict[str, Tensor]:
+        """Transformed parameter dict with a leading batch dimension (B, ...)."""
+        return self.model.unflatten(self.theta)
+
+    @property
+    def stderr(self) -> Tensor:
+        """(B, P) standard errors in transformed space."""
+        return self.cov.diagonal(dim1=1, dim2=2).clamp_min(0).sqrt()
+
+    def curve_params(self, i: int) -> dict[str, Tensor]:
+        """Transformed parameters of curve ``i`` (no batch dimension)."""
+        return self.model.unflatten(self.theta[i])
+
+    def correlation(self, a: str, b: str) -> Tensor:
+        """(B,) correlation of flat parameters ``a`` and ``b`` (e.g. ``"ln_k"``, ``"ln_n"``)."""
+        names = self.model.flat_names
+        i, j = names.index(a), names.index(b)
+        se = self.stderr
+        return self.cov[:, i, j] / (se[:, i] * se[:, j])
+
+    def physical(self) -> dict[str, np.ndarray]:
+        """Physical values and their standard errors (delta method), by physical name.
+
+        Keys: ``k_per_s``, ``k_per_s_se``, ``n``, ``n_se``, ... (``n[1]`` for vector entries).
+        """
+        phys = self.model.physical_flat(self.theta)
+        dphys = self.model.physical_jacobian_diag(self.theta)
+        se = dphys.abs() * self.stderr
+        out: dict[str, np.ndarray] = {}
+        for j, (_, spec, idx) in enumerate(self.model.flat_specs()):
+            key = spec.physical_name if idx is None else f"{spec.physical_name}[{idx}]"
+            out[key] = phys[:, j].detach().cpu().numpy()
+            out[f"{key}_se"] = se[:, j].detach().cpu().numpy()
+        return out
+
+    def derived(self) -> dict[str, np.ndarray]:
+        """Derived outputs (``t_half_s`` for JMAK) and their standard errors (delta method)."""
+        model = self.model
+        probe = model.derived(model.unflatten(self.theta[0]))
+        if not probe:
+            return {}
+
+        def d(th: Tensor) -> dict[str, Tensor]:
+            return model.derived(model.unflatten(th))
+
+        vals = torch.func.vmap(d)(self.theta)
+        jacs = torch.func.vmap(torch.func.jacrev(d))(self.theta)
+        out: dict[str, np.ndarray] = {}
+        for key, v in vals.items():
+            g = jacs[key]  # (B, P) or (B, K, P)
+            if g.dim() == 2:
+                var = torch.einsum("bp,bpq,bq->b", g, self.cov, g)
+                out[key] = v.detach().cpu().numpy()
+                out[f"{key}_se"] = var.clamp_min(0).sqrt().detach().cpu().numpy()
+            else:
+                var = torch.einsum("bkp,bpq,bkq->bk", g, self.cov, g)
+                for k in range(v.shape[1]):
+                    out[f"{key}[{k}]"] = v[:, k].detach().cpu().numpy()
+                    out[f"{key}[{k}]_se"] = var[:, k].clamp_min(0).sqrt().detach().cpu().numpy()
+        return out
+
+    @property
+    def nk_correlation(self) -> Tensor | None:
+        """(B,) correlation of ln k and ln n (JMAK fits), else None."""
+        names = self.model.flat_names
+        if "ln_k" in names and "ln_n" in names:
+            return self.correlation("ln_k", "ln_n")
+        return None
+
+    @property
+    def poorly_determined(self) -> Tensor:
+        """(B,) True where k and n (or, for other laws, any parameter) are poorly determined.
+
+        JMAK: a non-finite standard error, ``se(ln n) > 0.25``, ``se(ln k) > 0.5`` or
+        ``|corr(ln k, ln n)| > 0.99``. Other laws: any non-finite standard error.
+        """
+        se = self.stderr
+        bad = ~torch.isfinite(se).all(-1)
+        names = self.model.flat_names
+        if "ln_k" in names and "ln_n" in names:
+            ik, i_n = names.index("ln_k"), names.index("ln_n")
+            corr = self.correlation("ln_k", "ln_n")
+            bad = (bad | (se[:, i_n] > SE_LN_N_MAX) | (se[:, ik] > SE_LN_K_MAX)
+                   | ~torch.isfinite(corr) | (corr.abs() > NK_CORR_MAX))
+        return bad
+
+    def table(self) -> pd.DataFrame:
+        """One row per curve: physical values, ``*_se`` standard errors, derived outputs,
+        ``rmse``, ``n_points``, ``converged``, and for JMAK ``nk_correlation`` and
+        ``poorly_determined``."""
+        cols: dict[str, Any] = {}
+        if self.labels is not None:
+            cols["curve"] = list(self.labels)
+        cols.update(self.physical())
+        cols.update(self.derived())
+        cols["rmse"] = self.rmse.detach().cpu().numpy()
+        cols["n_points"] = self.n_points.detach().cpu().numpy()
+        cols["converged"] = self.converged.detach().cpu().numpy()
+        corr = self.nk_correlation
+        if corr is not None:
+            cols["nk_correlation"] = corr.detach().cpu().numpy()
+        cols["poorly_determined"] = self.poorly_determined.detach().cpu().numpy()
+        return pd.DataFrame(cols)
+
+
+def _label(labels: Sequence[Any] | None, i: int) -> str:
+    return f"curve {labels[i]}" if labels is not None else f"curve {i}"
+
+
+def fit_curves(
+    model: ParametricModel,
+    inputs: Sequence[Any] | Tensor,
+    y: Sequence[Any] | Tensor,
+    *,
+    weight: Sequence[Any] | Tensor | None = None,
+    sigma: Sequence[Any] | Tensor | None = None,
+    prior: Prior | None = None,
+    noise_std: float | None = None,
+    absolute_sigma: bool = False,
+    starts: Tensor | None = None,
+    max_iter: int = 200,
+    multistart: str = "all",
+    device: str | torch.device | None = None,
+    dtype: torch.dtype = torch.float64,
+    labels: Sequence[Any] | None = None,
+) -> FitResult:
+    """Fit ``model`` independently to each of B curves in one batched call.
+
+    Example:
+        >>> res = fit_curves(JMAK(fit_fmax=True), [t1_s, t2_s], [f1, f2])
+        >>> res.physical()["f_max"], res.converged
+
+    Args:
+        model: a :class:`ParametricModel` (its ``prior``, if any, is used unless ``prior`` is
+            given).
+        inputs: a list of per-curve inputs (times in s for JMAK; (n, 2) [time_s, temperature_K]
+            for ArrheniusJMAK), or a padded tensor (B, N, ...) with ``weight`` 0 on padding.
+        y: a list of per-curve targets, or a padded (B, N) tensor.
+        weight: per-point sample weights (multiply the squared residuals); None means 1.
+        sigma: per-point standard deviations of ``y`` (``fraction_std``); weights ``1/sigma^2``.
+        prior: a :class:`Prior` over the transformed parameters: MAP fit, allows fewer points
+            than parameters.
+        noise_std: std of one measurement when ``sigma`` is absent (MAP only); defaults to the
+            prior's ``noise_std``, else ``DEFAULT_NOISE_STD``.
+        absolute_sigma: as in ``curve_fit``: take ``sigma`` as absolute (no rescaling by the
+            residual variance).
+        starts: extra starting points (B, S', P) in transformed space, added to the model's.
+        max_iter: LM iteration cap.
+        multistart: ``"all"`` (default): run every start of every curve to convergence and
+            keep the best. ``"adaptive"``: fit every curve from its first start for up to
+            15 iterations; each curve whose first fit is suspect (not yet converged, weighted
+            R^2 < 0.99, k or n poorly determined, or at most 2P+1 points) then continues from
+            there *and* from every other start, to convergence, keeping the best.
+        device: ``"cpu"``, ``"cuda"``, ``"auto"`` or None (CPU, or the device of tensor inputs).
+        dtype: float64 by default (the curvature of flat JMAK valleys needs it).
+        labels: curve labels for error messages and :meth:`FitResult.table`.
+
+    Returns:
+        A :class:`FitResult`.
+
+    Raises:
+        InputError: non-finite values, fewer points than free parameters without a prior, all
+            targets equal, non-positive sigma, or a prior for another model.
+    """
+    from matmeta.config import resolve_device
+
+    dev = resolve_device(device) if device is not None else (
+        inputs.device if isinstance(inputs, Tensor) else torch.device("cpu"))
+    if isinstance(y, Tensor) and y.dim() == 2 and isinstance(inputs, Tensor):
+        x_pad = inputs.to(dev, dtype)
+        y_pad = y.to(dev, dtype)
+        w_pad = (torch.ones_like(y_pad) if weight is None
+                 else torch.as_tensor(weight, dtype=dtype, device=dev))
+        s_pad = None if sigma is None else torch.as_tensor(sigma, dtype=dtype, device=dev)
+    else:
+        x_pad, y_pad, w_pad, s_pad = pad_curves(
+            list(inputs), list(y), None if weight is None else list(weight),
+            None if sigma is None else list(sigma), dtype=dtype, device=dev)
+    b = y_pad.shape[0]
+    p = model.num_params
+    if labels is not None and len(labels) != b:
+        raise InputError(f"{len(labels)} labels for {b} curves")
+    live = w_pad > 0
+    if (w_pad < 0).any() or not torch.isfinite(w_pad).all():
+        raise InputError("weights must be finite and non-negative")
+    for name, t in (("inputs", x_pad), ("targets", y_pad)):
+        bad = ~torch.isfinite(t.reshape(b, t.shape[1], -1)).all(-1) & live
+        if bad.any():
+            i, j = (int(v) for v in bad.nonzero()[0])
+            raise InputError(f"{_label(labels, i)}, point {j}: {name} must be finite")
+    if s_pad is not None:
+        bad = live & ~(torch.isfinite(s_pad) & (s_pad > 0))
+        if bad.any():
+            i, j = (int(v) for v in bad.nonzero()[0])
+            raise InputError(f"{_label(labels, i)}, point {j}: sigma must be positive and finite")
+
+    prior = prior if prior is not None else model.prior
+    if prior is not None:
+        prior.check(model)
+    n_points = live.sum(-1)
+    few = (n_points < p) if prior is None else (n_points < 1)
+    if few.any():
+        i = int(few.nonzero()[0, 0])
+        raise InputError(
+            f"{_label(labels, i)}: {int(n_points[i])} points for {p} free parameters "
+            f"({', '.join(model.flat_names)}); measure more points or give a prior")
+    big = torch.finfo(dtype).max
+    y_hi = torch.where(live, y_pad, torch.full_like(y_pad, -big)).amax(-1)
+    y_lo = torch.where(live, y_pad, torch.full_like(y_pad, big)).amin(-1)
+    flat = (y_hi == y_lo) & (n_points > 1)
+    if flat.any():
+        i = int(flat.nonzero()[0, 0])
+        raise InputError(f"{_label(labels, i)}: all {int(n_points[i])} target values equal "
+                         f"{float(y_hi[i]):g}; a curve needs values that change")
+
+    # residual scale: 1/sigma when given, else 1/noise_std (matters only against a prior)
+    if s_pad is not None:
+        inv_s = 1.0 / torch.where(live, s_pad, torch.ones_like(s_pad))
+    else:
+        scale = 1.0
+        if prior is not None:
+            scale = noise_std or prior.noise_std or DEFAULT_NOISE_STD
+        inv_s = torch.full_like(y_pad, 1.0 / scale)
+    sqrt_w = torch.sqrt(w_pad) * inv_s
+
+    theta0 = model.initial_guesses(x_pad, y_pad, w_pad).to(dev, dtype)
+    if prior is not None:
+        theta0 = torch.cat([theta0, prior.mean.to(dev, dtype).expand(b, 1, p)], dim=1)
+    if starts is not None:
+        theta0 = torch.cat([theta0, torch.as_tensor(starts, dtype=dtype, device=dev)], dim=1)
+    s = theta0.shape[1]
+    prepared = model.fit_inputs(x_pad)
+    if prior is not None:
+        w_prior = prior.precision_sqrt.to(dev, dtype)
+        mu = prior.mean.to(dev, dtype)
+
+    def residuals(theta: Tensor, x: Tensor, yy: Tensor, sw: Tensor) -> tuple[Tensor, Tensor]:
+        f, jt = model.fit_value_and_jacobian(theta, x)
+        r = sw * (f - yy)
+        jt = sw.unsqueeze(1) * jt
+        if prior is not None:
+            r = torch.cat([r, (theta - mu) @ w_prior.T], dim=1)
+            jt = torch.cat([jt, w_prior.T.expand(theta.shape[0], p, p)], dim=2)
+        return r, jt
+
+    def run(sel: Tensor | None, th0: Tensor, iters: int = max_iter) -> tuple[Tensor, ...]:
+        """LM from every start in ``th0`` (b', S', P) for curves ``sel``; best start each."""
+        bb, ss = th0.shape[0], th0.shape[1]
+        parts = (prepared, y_pad, sqrt_w) if sel is None else (prepared[sel], y_pad[sel],
+                                                               sqrt_w[sel])
+        data = tuple(t.repeat_interleave(ss, dim=0) for t in parts)
+        res = levenberg_marquardt(residuals, th0.reshape(bb * ss, p), data, max_iter=iters)
+        cost = res.cost.reshape(bb, ss)
+        cost = torch.where(torch.isfinite(cost), cost, torch.full_like(cost, float("inf")))
+        # prefer converged starts; among them the lowest objective
+        conv = res.converged.reshape(bb, ss)
+        best = torch.where(conv, cost, cost + torch.finfo(dtype).max / 4).argmin(-1)
+        rows = torch.arange(bb, device=dev) * ss + best
+        return (res.theta[rows], res.jtj[rows], cost.gather(-1, best[:, None])[:, 0],
+                res.converged[rows], best, res.iterations)
+
+    def covariance(theta: Tensor, a: Tensor) -> tuple[Tensor, Tensor]:
+        f, _ = model.value_and_jacobian(theta, x_pad)
+        inv, info = torch.linalg.inv_ex(a)
+        inv = torch.where((info == 0)[:, None, None], inv, torch.full_like(inv, float("nan")))
+        if prior is None and not absolute_sigma:
+            dof = (n_points - p).to(dtype)
+            s2 = ((sqrt_w * (f - y_pad)) ** 2).sum(-1) / dof
+            s2 = torch.where(dof > 0, s2, torch.full_like(s2, float("nan")))
+            return inv * s2[:, None, None], f
+        return inv, f
+
+    if multistart not in ("adaptive", "all"):
+        raise InputError(f"multistart {multistart!r}: expected 'adaptive' or 'all'")
+    if s == 1 or multistart == "all":
+        theta, a, cost, conv, start_index, iters = run(None, theta0)
+        cov, f = covariance(theta, a)
+    else:
+        # a short first pass: curves still running after FIRST_PASS_ITER iterations are
+        # suspects and carry on below, next to the other starts
+        theta, a, cost, conv, _, iters = run(None, theta0[:, :1], min(FIRST_PASS_ITER, max_iter))
+        start_index = torch.zeros(b, dtype=torch.long, device=dev)
+        cov, f = covariance(theta, a)
+        # the other starts for every curve whose first fit is suspect: not converged, a poor
+        # fit (weighted R^2 < 0.99), a poorly determined k or n, or few points
+        sw2 = sqrt_w**2
+        ybar = (sw2 * y_pad).sum(-1, keepdim=True) / sw2.sum(-1, keepdim=True)
+        tss = (sw2 * (y_pad - ybar) ** 2).sum(-1)
+        rss = (sw2 * (f - y_pad) ** 2).sum(-1)
+        tmp = FitResult(model, theta, cov, rss, cost, conv, n_points, iters, start_index)
+        suspect = (~conv | (rss > 0.01 * tss) | tmp.poorly_determined | (n_points <= 2 * p + 1))
+        if suspect.any():
+            sel = suspect.nonzero()[:, 0]
+            th0_2 = torch.cat([theta[sel].unsqueeze(1), theta0[sel, 1:]], dim=1)
+            th2, a2, cost2, conv2, best2, it2 = run(sel, th0_2)
+            better = (conv2 & ~conv[sel]) | ((conv2 | ~conv[sel]) & (cost2 < cost[sel]))
+            if better.any():
+                idx = sel[better]
+                theta[idx], a[idx], cost[idx], conv[idx] = (th2[better], a2[better],
+                                                            cost2[better], conv2[better])
+                start_index[idx] = best2[better]
+                cov, f = covariance(theta, a)
+            iters = iters + it2
+    sq = w_pad * (f - y_pad) ** 2
+    rmse = torch.sqrt(sq.sum(-1) / w_pad.sum(-1))
+    return FitResult(model, theta, cov, rmse, cost, conv, n_points, iters, start_index,
+                     prior is not None,
+                     None if labels is None else list(labels))
+
+
+def fit_jmak(
+    times: Sequence[Any] | Any,
+    fractions: Sequence[Any] | Any,
+    *,
+    fraction_std: Sequence[Any] | Any | None = None,
+    weight: Sequence[Any] | Any | None = None,
+    time_unit: str = "s",
+    fit_t0: bool = False,
+    fit_fmax: bool = False,
+    prior: Prior | None = None,
+    noise_std: float | None = None,
+    max_iter: int = 200,
+    device: str | torch.device | None = None,
+    labels: Sequence[Any] | None = None,
+) -> FitResult:
+    """Fit JMAK ``f = f_max (1 - exp(-(k max(t - t0, 0))^n))`` to one curve or many.
+
+    Example:
+        >>> res = fit_jmak([60, 120, 240, 480], [0.1, 0.35, 0.8, 0.99], time_unit="min")
+        >>> float(res.physical()["k_per_s"][0]), float(res.derived()["t_half_s"][0])
+
+    Args:
+        times: one curve's times (1-D) or a list of curves' times, in ``time_unit``.
+        fractions: the transformed fractions, same structure.
+        fraction_std: per-point standard deviations (weights ``1/std^2``), same structure.
+        weight: per-point sample weights, same structure.
+        time_unit: ``"s"``, ``"min"`` or ``"h"``; results are always in seconds.
+        fit_t0: fit an incubation time ``t0_s``.
+        fit_fmax: fit a maximum fraction ``f_max`` (incomplete transformations, e.g. bainite).
+        prior: a :class:`Prior` for MAP fits from 2-4 points.
+        noise_std: std of one fraction measurement for MAP fits without ``fraction_std``.
+        max_iter: LM iteration cap.
+        device: where to fit (``"cpu"``, ``"cuda"``, ``"auto"``).
+        labels: curve labels for messages and the table.
+
+    Returns:
+        A :class:`FitResult` with ``k_per_s``, ``n`` (and ``t0_s``, ``f_max``), standard errors,
+        ``t_half_s``, ``rmse``, ``converged``, ``nk_correlation``, ``poorly_determined``.
+    """
+    unit_s = seconds_per(time_unit)
+
+    def is_single(v: Any) -> bool:
+        a = np.asarray(v, dtype=object) if not isinstance(v, Tensor) else v
+        return getattr(a, "ndim", 1) == 1 and (len(a) == 0 or np.isscalar(a[0])
+                                                or (isinstance(a[0], Tensor) and a[0].dim() == 0))
+
+    single = is_single(times)
+    t_list = [times] if single else list(times)
+    f_list = [fractions] if single else list(fractions)
+    std_list = None if fraction_std is None else ([fraction_std] if single else list(fraction_std))
+    w_list = None if weight is None else ([weight] if single else list(weight))
+    t_s = [np.asarray(t, dtype=np.float64) * unit_s for t in t_list]
+    model = JMAK(fit_t0=fit_t0, fit_fmax=fit_fmax)
+    if prior is not None:
+        prior.check(model)
+    return fit_curves(model, t_s, f_list, weight=w_list, sigma=std_list, prior=prior,
+                      noise_std=noise_std, max_iter=max_iter, device=device, labels=labels)
+

@@ -1,0 +1,366 @@
+"""JMAK (Johnson-Mehl-Avrami-Kolmogorov) kinetics: one isotherm, and Arrhenius-coupled isotherms.
+
+``f(t) = f_max * (1 - exp(-(k * max(t - t0, 0))^n))`` in the ``(k t)^n`` convention, k in 1/s,
+t in s. Parameters live in log space (``ln_k``, ``ln_n``, ``ln_t0_s``) and logit space
+(``logit_fmax``); ``n`` is not forced into 1..4 (real fits give 0.5 to 8).
+
+Numerics: the power ``(k tau)^n`` is evaluated as ``exp(n (ln k + ln tau))`` with the exponent's
+argument capped at ``Z_MAX`` (beyond it ``1 - exp(-e^z)`` equals 1 to double precision), and
+``tau <= 0`` handled with ``torch.where`` on finite branches, so values and gradients (of any order)
+stay finite for ``t <= t0`` and for huge ``k t``.
+
+Example:
+    >>> model = JMAK()
+    >>> params = model.from_physical(k_per_s=1e-3, n=2.0)
+    >>> model.forward(params, torch.tensor([0.0, 832.55], dtype=torch.float64))
+    tensor([0.0000, 0.5000], dtype=torch.float64)
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from matmeta.errors import InputError
+from matmeta.models._protocol import Params
+from matmeta.models.parametric._base import ParametricModel, ParamSpec, Prior
+from matmeta.models.parametric._units import R_J_PER_MOL_K
+
+__all__ = ["JMAK", "ArrheniusJMAK", "jmak_curve", "Z_MAX"]
+
+# exp(-e^4) = 1.9e-24: beyond this the curve is 1 to double precision, and capping keeps
+# exp(e^z) from overflowing into inf * 0 = NaN gradients.
+Z_MAX = 4.0
+LN_LN2 = math.log(math.log(2.0))
+
+
+def jmak_curve(t: Tensor, ln_k: Tensor, n: Tensor, t0: Tensor | float = 0.0,
+               f_max: Tensor | float = 1.0) -> Tensor:
+    """The JMAK curve ``f_max (1 - exp(-(k max(t - t0, 0))^n))``; pure and vmap-safe.
+
+    Example:
+        >>> jmak_curve(torch.tensor([1000.0]), torch.tensor(math.log(1e-3)), torch.tensor(1.0))
+        tensor([0.6321])
+    """
+    tau = t - t0
+    pos = tau > 0
+    ln_tau = torch.log(torch.where(pos, tau, torch.ones_like(tau)))
+    z = (n * (ln_k + ln_tau)).clamp_max(Z_MAX)
+    frac = -torch.expm1(-torch.exp(z))
+    return f_max * torch.where(pos, frac, torch.zeros_like(frac))
+
+
+def _check_fraction(x: float) -> None:
+    if not 0.0 < x < 1.0:
+        raise InputError(f"t_x: fraction x must be in (0, 1), got {x}")
+
+
+class JMAK(ParametricModel):
+    """One JMAK isotherm: ``f(t) = f_max (1 - exp(-(k max(t - t0, 0))^n))``.
+
+    Example:
+        >>> model = JMAK(fit_t0=True)
+        >>> params = model.from_physical(k_per_s=2e-3, n=1.5, t0_s=30.0)
+        >>> float(model.derived(params)["t_half_s"])   # t0 + ln(2)^(1/n) / k
+        421.5...
+
+    Args:
+        fit_t0: add an incubation time ``t0_s >= 0`` (parameter ``ln_t0_s``).
+        fit_fmax: add a maximum fraction ``0 < f_max < 1`` (parameter ``logit_fmax``).
+        prior: optional :class:`Prior` over the transformed parameters.
+
+    Shapes:
+        inputs: (n,) times in seconds; output: (n,) fractions.
+    """
+
+    name = "jmak"
+
+    def __init__(self, fit_t0: bool = False, fit_fmax: bool = False,
+                 prior: Prior | dict | None = None) -> None:
+        self.fit_t0 = bool(fit_t0)
+        self.fit_fmax = bool(fit_fmax)
+        super().__init__(prior)
+
+    def _config(self) -> dict[str, Any]:
+        return {"fit_t0": self.fit_t0, "fit_fmax": self.fit_fmax}
+
+    def param_specs(self) -> list[ParamSpec]:
+        specs = [ParamSpec("ln_k", "k_per_s", "1/s", "log", 1e-3),
+                 ParamSpec("ln_n", "n", "", "log", 2.0)]
+        if self.fit_t0:
+            specs.append(ParamSpec("ln_t0_s", "t0_s", "s", "log", 1.0))
+        if self.fit_fmax:
+            specs.append(ParamSpec("logit_fmax", "f_max", "", "logit", 0.9))
+        return specs
+
+    def _t0(self, params: Params) -> Tensor | float:
+        return torch.exp(params["ln_t0_s"]) if self.fit_t0 else 0.0
+
+    def _fmax(self, params: Params) -> Tensor | float:
+        return torch.sigmoid(params["logit_fmax"]) if self.fit_fmax else 1.0
+
+    def forward(self, params: Params, inputs: Tensor) -> Tensor:
+        """Fractions at times ``inputs`` (seconds)."""
+        return jmak_curve(inputs, params["ln_k"], torch.exp(params["ln_n"]), self._t0(params),
+                          self._fmax(params))
+
+    def t_x_s(self, params: Params, x: float) -> Tensor:
+        """Time in seconds to reach the fraction ``x * f_max``: ``t0 + (-ln(1-x))^(1/n) / k``."""
+        _check_fraction(x)
+        n = torch.exp(params["ln_n"])
+        return self._t0(params) + torch.exp(math.log(-math.log1p(-x)) / n - params["ln_k"])
+
+    def t_half_s(self, params: Params) -> Tensor:
+        """Half-transformation time ``t0 + ln(2)^(1/n) / k`` in seconds (half of ``f_max``)."""
+        return self._t0(params) + torch.exp(LN_LN2 / torch.exp(params["ln_n"]) - params["ln_k"])
+
+    def derived(self, params: Params) -> dict[str, Tensor]:
+        return {"t_half_s": self.t_half_s(params)}
+
+    def value_and_jacobian(self, theta: Tensor, inputs: Tensor) -> tuple[Tensor, Tensor]:
+        """Closed-form values (B, N) and Jacobian (B, N, P): the batched fitter's hot loop."""
+        ln_k, ln_n = theta[:, 0:1], theta[:, 1:2]
+        n = torch.exp(ln_n)
+        j = 2
+        if self.fit_t0:
+            t0 = torch.exp(theta[:, j:j + 1])
+            j += 1
+            tau = inputs - t0
+        else:
+            tau = inputs
+        pos = tau > 0
+        ln_tau = torch.log(torch.where(pos, tau, torch.ones_like(tau)))
+        z = n * (ln_k + ln_tau)
+        live = pos & (z < Z_MAX)
+        z = z.clamp_max(Z_MAX)
+        e = torch.exp(z)
+        g = torch.exp(-e)
+        frac = torch.where(pos, -torch.expm1(-e), torch.zeros_like(e))
+        # df/dz, zero where the curve is flat (before t0, or capped at 1)
+        dfz = torch.where(live, g * e, torch.zeros_like(e))
+        cols = [dfz * n, dfz * z]
+        if self.fit_t0:
+            cols.append(dfz * (-n * t0 / torch.where(pos, tau, torch.ones_like(tau))))
+        if self.fit_fmax:
+            fmax = torch.sigmoid(theta[:, j:j + 1])
+            cols = [c * fmax for c in cols]
+            cols.append(frac * (fmax * (1 - fmax)))
+            frac = frac * fmax
+        return frac, torch.stack(cols, dim=-1)
+
+    def fit_inputs(self, inputs: Tensor) -> Tensor:
+        """Without t0, ``ln t`` is all the fit needs; times <= 0 get ``ln t = -1e6`` so their
+        ``(k t)^n`` underflows to exactly 0 for any sensible n, with no branch in the loop."""
+        if self.fit_t0:
+            return inputs
+        pos = inputs > 0
+        return torch.where(pos, torch.log(torch.where(pos, inputs, torch.ones_like(inputs))),
+                           torch.full_like(inputs, -1e6))
+
+    def fit_value_and_jacobian(self, theta: Tensor, prepared: Tensor) -> tuple[Tensor, Tensor]:
+        """Closed-form values (B, N) and transposed Jacobian (B, P, N) on ``ln t`` (few tensor
+        operations per iteration).
+
+        Beyond ``Z_MAX`` the curve is capped; its derivative there, ``exp(-e^4) e^4 ~ 1e-22``,
+        is negligible, so no mask is needed.
+        """
+        if self.fit_t0:
+            f, jac = self.value_and_jacobian(theta, prepared)
+            return f, jac.transpose(1, 2)
+        n = torch.exp(theta[:, 1:2])
+        z = n * (theta[:, 0:1] + prepared)
+        e = torch.exp(z.clamp_max(Z_MAX))
+        frac = -torch.expm1(-e)
+        dfz = (1.0 - frac) * e
+        cols = [dfz * n, dfz * z]
+        if self.fit_fmax:
+            fmax = torch.sigmoid(theta[:, 2:3])
+            cols = [cols[0] * fmax, cols[1] * fmax, frac * (fmax * (1 - fmax))]
+            frac = frac * fmax
+        return frac, torch.stack(cols, dim=1)
+
+    def initial_guesses(self, inputs: Tensor, y: Tensor, weight: Tensor | None = None) -> Tensor:
+        """Vectorised multi-start guesses (B, S, P) read from each curve.
+
+        Starts: a weighted Avrami regression (slope n, intercept n ln k of ln(-ln(1 - f/f_max))
+        against ln t on points with 0.02 < f/f_max < 0.98), and n = 1 and n = 3 placed at the
+        curve's own half time (interpolated in ln t).
+        """
+        t, w = inputs, (torch.ones_like(y) if weight is None else weight)
+        valid = (w > 0) & (t > 0)
+        dtype = y.dtype
+        ymax = torch.where(valid, y, torch.full_like(y, -1.0)).amax(-1, keepdim=True)
+        fmax0 = ymax.clamp(0.05, 0.995) if self.fit_fmax else torch.ones_like(ymax)
+        yn = (y / fmax0)
+        tpos = torch.where(valid, t, torch.ones_like(t))
+        lt = torch.log(tpos)
+        big = torch.finfo(dtype).max
+        # t0 guess: halfway to the last time still below 2% of the plateau
+        if self.fit_t0:
+            before = valid & (yn < 0.02)
+            t_before = torch.where(before, tpos, torch.zeros_like(tpos)).amax(-1, keepdim=True)
+            t_min = torch.where(valid, tpos, torch.full_like(tpos, big)).amin(-1, keepdim=True)
+            t0 = torch.where(t_before > 0, 0.5 * t_before, 0.1 * t_min.clamp_max(1e300))
+        else:
+            t0 = torch.zeros_like(ymax)
+        tau = (tpos - t0).clamp_min(1e-300)
+        lt = torch.log(tau)
+        # Avrami regression
+        mid = valid & (yn > 0.02) & (yn < 0.98) & (tpos > t0)
+        yy = torch.log(-torch.log1p(-yn.clamp(0.02, 0.98)))
+        m = mid.to(dtype)
+        cnt = m.sum(-1, keepdim=True)
+        mx = (m * lt).sum(-1, keepdim=True) / cnt.clamp_min(1)
+        my = (m * yy).sum(-1, keepdim=True) / cnt.clamp_min(1)
+        sxx = (m * (lt - mx) ** 2).sum(-1, keepdim=True)
+        sxy = (m * (lt - mx) * (yy - my)).sum(-1, keepdim=True)
+        slope = sxy / sxx.clamp_min(1e-12)
+        ok = (cnt >= 2) & (sxx > 1e-8) & (slope > 0.05)
+        n_reg = torch.where(ok, slope, torch.full_like(slope, 2.0)).clamp(0.2, 12.0)
+        lnk_reg = (my - n_reg * mx) / n_reg
+        # half time: first point at or above half the plateau, interpolated in ln t
+        above = valid & (yn >= 0.5)
+        n_pts = y.shape[-1]
+        idx = torch.where(above, torch.arange(n_pts, device=y.device), n_pts).amin(-1, keepdim=True)
+        has = idx < n_pts
+        i1 = idx.clamp_max(n_pts - 1)
+        i0 = (i1 - 1).clamp_min(0)
+        l1, l0 = lt.gather(-1, i1), lt.gather(-1, i0)
+        y1, y0 = yn.gather(-1, i1), yn.gather(-1, i0)
+        frac = ((0.5 - y0) / (y1 - y0).clamp_min(1e-12)).clamp(0.0, 1.0)
+        l_half = torch.where(i1 > i0, l0 + frac * (l1 - l0), l1)
+        l_last = torch.where(valid, lt, torch.full_like(lt, -big)).amax(-1, keepdim=True)
+        l_half = torch.where(has, l_half, l_last + 0.7)
+        starts = []
+        for n0, lnk0 in ((n_reg, lnk_reg), (torch.ones_like(n_reg), None),
+                         (torch.full_like(n_reg, 3.0), None)):
+            lnk = LN_LN2 / n0 - l_half if lnk0 is None else torch.where(ok, lnk0, LN_LN2 / n0 - l_half)
+            cols = [lnk, torch.log(n0)]
+            if self.fit_t0:
+                cols.append(torch.log(t0.clamp_min(1e-6)))
+            if self.fit_fmax:
+                cols.append(torch.log(fmax0) - torch.log1p(-fmax0))
+            starts.append(torch.cat(cols, dim=-1))
+        return torch.stack(starts, dim=1)
+
+
+class ArrheniusJMAK(ParametricModel):
+    """Several isotherms of one material with an Arrhenius rate constant.
+
+    ``ln k(T) = ln k0 - Q / (R T)`` with Q in kJ/mol (any sign: polymer melt crystallisation has a
+    negative apparent Q), and ``f(t, T) = f_max (1 - exp(-(k(T) t)^n(T)))``. ``n`` is shared, or one
+    per temperature (``temperatures_K`` lists them; a point's temperature selects its ``n`` by a
+    one-hot match within 0.01 K, so the forward stays vmap-safe).
+
+    Example:
+        >>> model = ArrheniusJMAK()
+        >>> params = model.from_physical(k0_per_s=1e10, Q_kJ_per_mol=300.0, n=2.0)
+        >>> x = torch.tensor([[100.0, 1500.0], [1000.0, 1500.0]], dtype=torch.float64)
+        >>> model.forward(params, x).shape
+        torch.Size([2])
+
+    Args:
+        temperatures_K: the isotherm temperatures, required when ``shared_n`` is False.
+        shared_n: one Avrami exponent for all temperatures (default) or one per temperature.
+        fit_fmax: a shared maximum fraction ``f_max`` in (0, 1).
+        prior: optional :class:`Prior` over the transformed parameters.
+
+    Shapes:
+        inputs: (n, 2) columns ``[time_s, temperature_K]``; output: (n,) fractions.
+    """
+
+    name = "arrhenius_jmak"
+
+    def __init__(self, temperatures_K: list[float] | None = None, shared_n: bool = True,
+                 fit_fmax: bool = False, prior: Prior | dict | None = None) -> None:
+        self.temperatures_K = None if temperatures_K is None else [float(t) for t in temperatures_K]
+        self.shared_n = bool(shared_n)
+        self.fit_fmax = bool(fit_fmax)
+        if not self.shared_n and not self.temperatures_K:
+            raise InputError("ArrheniusJMAK: a per-temperature n needs temperatures_K")
+        super().__init__(prior)
+
+    def _config(self) -> dict[str, Any]:
+        return {"temperatures_K": self.temperatures_K, "shared_n": self.shared_n,
+                "fit_fmax": self.fit_fmax}
+
+    def param_specs(self) -> list[ParamSpec]:
+        n_size = 0 if self.shared_n else len(self.temperatures_K or [])
+        specs = [ParamSpec("ln_k0", "k0_per_s", "1/s", "log", 1e10),
+                 ParamSpec("Q_kJ_per_mol", "Q_kJ_per_mol", "kJ/mol", "none", 300.0),
+                 ParamSpec("ln_n", "n", "", "log", 2.0, size=n_size)]
+        if self.fit_fmax:
+            specs.append(ParamSpec("logit_fmax", "f_max", "", "logit", 0.9))
+        return specs
+
+    def ln_k(self, params: Params, temperature_K: Tensor) -> Tensor:
+        """``ln k(T)`` with k in 1/s."""
+        return params["ln_k0"] - params["Q_kJ_per_mol"] * (1e3 / R_J_PER_MOL_K) / temperature_K
+
+    def _n(self, params: Params, temperature_K: Tensor) -> Tensor:
+        if self.shared_n:
+            return torch.exp(params["ln_n"])
+        temps = torch.as_tensor(self.temperatures_K, dtype=temperature_K.dtype,
+                                device=temperature_K.device)
+        onehot = ((temperature_K.unsqueeze(-1) - temps).abs() < 0.01).to(temperature_K.dtype)
+        return torch.exp(onehot @ params["ln_n"])
+
+    def forward(self, params: Params, inputs: Tensor) -> Tensor:
+        """Fractions at ``inputs[:, 0]`` seconds and ``inputs[:, 1]`` kelvin."""
+        t, temp = inputs[..., 0], inputs[..., 1]
+        fmax = torch.sigmoid(params["logit_fmax"]) if self.fit_fmax else 1.0
+        return jmak_curve(t, self.ln_k(params, temp), self._n(params, temp), 0.0, fmax)
+
+    def t_half_s(self, params: Params, temperature_K: Tensor) -> Tensor:
+        """Half time ``ln(2)^(1/n) / k(T)`` in seconds at each temperature."""
+        temperature_K = torch.as_tensor(temperature_K, dtype=params["ln_k0"].dtype)
+        n = self._n(params, temperature_K)
+        return torch.exp(LN_LN2 / n - self.ln_k(params, temperature_K))
+
+    def derived(self, params: Params) -> dict[str, Tensor]:
+        if not self.temperatures_K:
+            return {}
+        temps = torch.as_tensor(self.temperatures_K, dtype=params["ln_k0"].dtype)
+        return {"t_half_s": self.t_half_s(params, temps),
+                "ln_k_per_s": self.ln_k(params, temps)}
+
+    def initial_guesses(self, inputs: Tensor, y: Tensor, weight: Tensor | None = None) -> Tensor:
+        """Per isotherm JMAK guesses (Avrami regression), then ln k against 1/T by least squares.
+
+        Needs at least two temperatures per curve set.
+        """
+        w = torch.ones_like(y) if weight is None else weight
+        out = []
+        sub = JMAK(fit_fmax=self.fit_fmax)
+        for b in range(y.shape[0]):
+            t, temp = inputs[b, :, 0], inputs[b, :, 1]
+            live = w[b] > 0
+            temps = torch.unique(temp[live])
+            if len(temps) < 2:
+                raise InputError("ArrheniusJMAK: an Arrhenius fit needs isotherms at two or more "
+                                 f"temperatures, got {temps.tolist()} K")
+            subs = []
+            for temp_k in temps:
+                sel = live & (temp == temp_k)
+                subs.append(sub.initial_guesses(t[sel][None], y[b, sel][None])[0])
+            guesses = torch.stack(subs)  # (T, S, P_sub)
+            inv_t = 1.0 / temps
+            a = torch.stack([torch.ones_like(inv_t), inv_t], dim=-1)
+            starts = []
+            for s in range(guesses.shape[1]):
+                coef = torch.linalg.lstsq(a, guesses[:, s, 0:1]).solution[:, 0]
+                ln_k0, q = coef[0], -coef[1] * R_J_PER_MOL_K / 1e3
+                ln_n0 = guesses[:, s, 1].median()
+                cols = [ln_k0.reshape(1), q.reshape(1)]
+                if self.shared_n:
+                    cols.append(ln_n0.reshape(1))
+                else:
+                    cols.append(ln_n0.expand(len(self.temperatures_K)).clone())
+                if self.fit_fmax:
+                    cols.append(guesses[:, s, 2].median().reshape(1))
+                starts.append(torch.cat(cols))
+            out.append(torch.stack(starts))
+        return torch.stack(out)

@@ -1,0 +1,186 @@
+"""Kinetics figures: fitted JMAK curves with data and a confidence band, the Avrami plot, and the
+Arrhenius plot. Built on :class:`matplotlib.figure.Figure` (no pyplot state, no display) and
+saved atomically.
+
+Example:
+    >>> fig = plot_jmak_fits(curves, result)           # curves: list of KineticsCurve
+    >>> save_figure(fig, "fits.png")
+"""
+
+from __future__ import annotations
+
+import io
+import math
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from matplotlib.figure import Figure
+
+from matmeta.checkpoint import atomic_write_bytes
+
+__all__ = ["KineticsCurve", "plot_jmak_fits", "plot_avrami", "plot_arrhenius", "save_figure",
+           "jmak_band"]
+
+Z_95 = 1.959963984540054
+
+
+@dataclass
+class KineticsCurve:
+    """One measured curve and where its fit sits in a :class:`~matmeta.fitting.FitResult`.
+
+    Attributes:
+        label: legend / title text.
+        time_s: (n,) times in seconds.
+        fraction: (n,) measured fractions.
+        fraction_std: (n,) standard deviations or None.
+        fit_index: row of the curve's fit in the result.
+        temperature_K: the isotherm temperature (for Arrhenius-coupled fits), or None.
+    """
+
+    label: str
+    time_s: np.ndarray
+    fraction: np.ndarray
+    fraction_std: np.ndarray | None
+    fit_index: int
+    temperature_K: float | None = None
+
+
+def save_figure(fig: Figure, path: str | os.PathLike, dpi: int = 120) -> Path:
+    """Save ``fig`` atomically; the format follows the suffix (png, pdf, svg)."""
+    path = Path(path)
+    buf = io.BytesIO()
+    fmt = path.suffix.lstrip(".").lower() or "png"
+    fig.savefig(buf, format=fmt, dpi=dpi, bbox_inches="tight")
+    return atomic_write_bytes(path, buf.getvalue())
+
+
+def _grid(curve: KineticsCurve, n: int = 200) -> np.ndarray:
+    t = curve.time_s[curve.time_s > 0]
+    lo = t.min() if len(t) else 1.0
+    hi = curve.time_s.max() if len(curve.time_s) else 10.0
+    return np.geomspace(lo / 3.0, max(hi, lo * 1.01) * 2.0, n)
+
+
+def _inputs(curve: KineticsCurve, t: np.ndarray, arrhenius: bool) -> torch.Tensor:
+    tt = torch.as_tensor(t, dtype=torch.float64)
+    if arrhenius:
+        return torch.stack([tt, torch.full_like(tt, float(curve.temperature_K))], dim=-1)
+    return tt
+
+
+def jmak_band(result, curve: KineticsCurve, t_s: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Fitted fraction and its 95% half-width (delta method) at times ``t_s``.
+
+    Example:
+        >>> f, half = jmak_band(result, curve, np.geomspace(1, 1e4, 50))
+    """
+    model = result.model
+    arrhenius = model.name == "arrhenius_jmak"
+    i = curve.fit_index
+    theta = result.theta[i:i + 1]
+    f, jac = model.value_and_jacobian(theta, _inputs(curve, t_s, arrhenius).unsqueeze(0))
+    cov = result.cov[i]
+    var = torch.einsum("np,pq,nq->n", jac[0], cov, jac[0]).clamp_min(0)
+    return f[0].detach().numpy(), (Z_95 * var.sqrt()).detach().numpy()
+
+
+def _axes_grid(n: int, width: float = 3.6, height: float = 2.9):
+    ncols = min(4, max(1, n))
+    nrows = math.ceil(n / ncols)
+    fig = Figure(figsize=(width * ncols, height * nrows), layout="constrained")
+    axes = fig.subplots(nrows, ncols, squeeze=False).ravel()
+    for ax in axes[n:]:
+        ax.set_visible(False)
+    return fig, axes[:n]
+
+
+def plot_jmak_fits(curves: list[KineticsCurve], result, title: str | None = None) -> Figure:
+    """Data (error bars from ``fraction_std``), fitted JMAK curve and 95% confidence band, one
+    panel per curve, time on a log axis in seconds."""
+    fig, axes = _axes_grid(len(curves))
+    for ax, c in zip(axes, curves):
+        t = _grid(c)
+        f, half = jmak_band(result, c, t)
+        ax.fill_between(t, f - half, f + half, color="C0", alpha=0.25, lw=0, label="95% band")
+        ax.plot(t, f, color="C0", lw=1.5, label="JMAK fit")
+        tp = np.where(c.time_s > 0, c.time_s, t[0])
+        ax.errorbar(tp, c.fraction, yerr=c.fraction_std, fmt="o", ms=3.5, color="C3",
+                    elinewidth=0.8, capsize=2, label="data")
+        ax.set_xscale("log")
+        ax.set_ylim(-0.1, 1.15)
+        ax.set_xlabel("time (s)")
+        ax.set_ylabel("fraction transformed")
+        conv = bool(result.converged[c.fit_index])
+        ax.set_title(c.label + ("" if conv else " (not converged)"), fontsize=8)
+    if curves:
+        axes[0].legend(fontsize=7, loc="upper left")
+    if title:
+        fig.suptitle(title)
+    return fig
+
+
+def plot_avrami(curves: list[KineticsCurve], result, title: str | None = None) -> Figure:
+    """The Avrami plot: ``ln(-ln(1 - f/f_max))`` against ``ln(t - t0)`` with the fitted straight
+    lines (slope n); points with ``f/f_max`` outside (0, 1) cannot be shown and are skipped."""
+    fig = Figure(figsize=(6.4, 4.8), layout="constrained")
+    ax = fig.add_subplot()
+    model = result.model
+    for j, c in enumerate(curves):
+        color = f"C{j % 10}"
+        params = model.unflatten(result.theta[c.fit_index])
+        phys = model.to_physical(params)
+        fmax = float(phys.get("f_max", 1.0))
+        t0 = float(phys.get("t0_s", 0.0))
+        if model.name == "arrhenius_jmak":
+            temp = torch.tensor([float(c.temperature_K)], dtype=torch.float64)
+            ln_k = float(model.ln_k(params, temp)[0])
+            n = float(model._n(params, temp)[0])
+        else:
+            ln_k, n = float(params["ln_k"]), float(phys["n"])
+        y = c.fraction / fmax
+        ok = (y > 0) & (y < 1) & (c.time_s > t0)
+        x = np.log(c.time_s[ok] - t0)
+        ax.plot(x, np.log(-np.log1p(-y[ok])), "o", ms=3.5, color=color, label=c.label)
+        if ok.any():
+            xs = np.linspace(x.min() - 0.5, x.max() + 0.5, 2)
+            ax.plot(xs, n * (ln_k + xs), "-", color=color, lw=1)
+    ax.set_xlabel("ln(t - t0)  [t in s]")
+    ax.set_ylabel("ln(-ln(1 - f / f_max))")
+    ax.axhline(np.log(np.log(2.0)), color="0.6", lw=0.8, ls=":")
+    if len(curves) <= 12:
+        ax.legend(fontsize=7)
+    ax.set_title(title or "Avrami plot (slope = n)")
+    return fig
+
+
+def plot_arrhenius(temperature_K: np.ndarray, ln_k: np.ndarray, ln_k_se: np.ndarray | None,
+                   groups: list[str], lines: dict[str, tuple[float, float]] | None = None,
+                   title: str | None = None) -> Figure:
+    """The Arrhenius plot: ``ln k`` (k in 1/s) against ``1000 / T`` with error bars, one colour
+    per group, and each group's line ``ln k0 - Q / (R T)`` when ``lines[group] = (ln_k0, Q)``
+    (Q in kJ/mol)."""
+    from matmeta.models.parametric._units import R_J_PER_MOL_K
+
+    fig = Figure(figsize=(6.4, 4.8), layout="constrained")
+    ax = fig.add_subplot()
+    temperature_K = np.asarray(temperature_K, dtype=float)
+    ln_k = np.asarray(ln_k, dtype=float)
+    for j, g in enumerate(dict.fromkeys(groups)):
+        sel = np.array([gg == g for gg in groups])
+        color = f"C{j % 10}"
+        x = 1000.0 / temperature_K[sel]
+        yerr = None if ln_k_se is None else np.asarray(ln_k_se, dtype=float)[sel]
+        ax.errorbar(x, ln_k[sel], yerr=yerr, fmt="o", ms=4, color=color, capsize=2, label=g)
+        if lines and g in lines:
+            ln_k0, q = lines[g]
+            xs = np.linspace(x.min() * 0.98, x.max() * 1.02, 2)
+            ax.plot(xs, ln_k0 - q * 1e3 / R_J_PER_MOL_K * xs / 1000.0, "-", color=color, lw=1,
+                    label=f"{g}: Q = {q:.0f} kJ/mol")
+    ax.set_xlabel("1000 / T  (1/K)")
+    ax.set_ylabel("ln k  (k in 1/s)")
+    ax.legend(fontsize=7)
+    ax.set_title(title or "Arrhenius plot")
+    return fig

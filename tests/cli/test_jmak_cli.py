@@ -1,0 +1,154 @@
+"""`matmeta jmak fit`: JSON keys, CSV and plot files, real data, and bad input writes nothing."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from matmeta.cli.main import main
+from tests.helpers import DATA, shared_dataset
+
+KEYS = {"k_per_s", "k_per_s_se", "n", "n_se", "t0_s", "t0_s_se", "f_max", "f_max_se",
+        "t_half_s", "t_half_s_se", "rmse", "n_points", "converged", "nk_correlation",
+        "poorly_determined"}
+
+
+def run(argv, capsys):
+    code = main(argv)
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def test_reconstructed_demo_recovers_published_n_and_t_half(tmp_path, capsys):
+    src = DATA / "kinetics" / "avrami_reconstructed_curves.csv"
+    out = tmp_path / "fits.csv"
+    code, stdout, _ = run(["jmak", "fit", str(src), "--out", str(out), "--plot",
+                           str(tmp_path / "fits.png"), "--json"], capsys)
+    assert code == 0
+    rows = json.loads(stdout)
+    assert len(rows) == 36 and KEYS <= set(rows[0]) and {"material", "temperature_K"} <= set(rows[0])
+    truth = pd.read_csv(src).groupby(["material", "temperature_K"]).first()
+    for r in rows:
+        ref = truth.loc[(r["material"], r["temperature_K"])]
+        assert math.isclose(r["n"], ref["n_published"], rel_tol=1e-6)
+        assert math.isclose(r["t_half_s"], ref["t_half_s_published"], rel_tol=1e-6)
+        assert r["converged"] and r["t0_s"] == 0.0 and r["f_max"] == 1.0
+    written = pd.read_csv(out)
+    assert KEYS <= set(written.columns) and len(written) == 36
+    for name in ("fits.png", "fits_avrami.png", "fits_arrhenius.png"):
+        assert (tmp_path / name).stat().st_size > 10_000
+
+
+def test_fit_t0_and_time_unit(tmp_path, capsys):
+    t_min = np.array([0.5, 1.0, 2.0, 3.0, 4.0, 6.0, 8.0, 12.0])
+    f = np.where(t_min > 1.0, 1 - np.exp(-((0.25 * (t_min - 1.0)) ** 2)), 0.0)
+    src = tmp_path / "m.csv"
+    pd.DataFrame({"time": t_min, "fraction": f}).to_csv(src, index=False)
+    code, stdout, _ = run(["jmak", "fit", str(src), "--time-unit", "min", "--fit-t0",
+                           "--out", str(tmp_path / "o.csv"), "--json"], capsys)
+    assert code == 0
+    [row] = json.loads(stdout)
+    assert math.isclose(row["t0_s"], 60.0, rel_tol=1e-5)
+    assert math.isclose(row["k_per_s"], 0.25 / 60.0, rel_tol=1e-5)
+
+
+@pytest.mark.shared_data
+def test_tungsten_every_curve_converges(tmp_path, capsys):
+    src = shared_dataset("kinetics/tungsten_recrystallization.csv")
+    code, stdout, err = run(["jmak", "fit", str(src), "--fraction-tolerance", "0.15",
+                             "--allow-negative-time", "--out", str(tmp_path / "w.csv"),
+                             "--json"], capsys)
+    assert code == 0, err
+    rows = json.loads(stdout)
+    assert len(rows) == 25 and all(r["converged"] for r in rows)
+    assert "negative times kept" in err
+
+
+@pytest.mark.shared_data
+def test_tungsten_arrhenius_per_grade(tmp_path, capsys):
+    df = pd.read_csv(shared_dataset("kinetics/tungsten_recrystallization.csv"))
+    src = tmp_path / "lopez.csv"
+    df[df.dataset_id.str.startswith("W_Lopez")].to_csv(src, index=False)
+    code, stdout, err = run(["jmak", "fit", str(src), "--arrhenius", "--fraction-tolerance",
+                             "0.01", "--allow-negative-time", "--out", str(tmp_path / "a.csv"),
+                             "--plot", str(tmp_path / "a.png"), "--json"], capsys)
+    assert code == 0, err
+    rows = json.loads(stdout)
+    assert len(rows) == 11
+    assert KEYS | {"ln_k0", "ln_k0_se", "Q_kJ_per_mol", "Q_kJ_per_mol_se", "temperature_K"} \
+        <= set(rows[0])
+    for r in rows:
+        assert r["converged"] and 200 < r["Q_kJ_per_mol"] < 1500
+    assert (tmp_path / "a_arrhenius.png").exists()
+
+
+@pytest.mark.shared_data
+def test_bainite_needs_fit_fmax(tmp_path, capsys):
+    src = shared_dataset("kinetics/bainite_dilatometry.csv")
+    base = ["jmak", "fit", str(src), "--fraction-tolerance", "0.01", "--json"]
+    _, out_plain, _ = run(base + ["--out", str(tmp_path / "p.csv")], capsys)
+    code, out_free, err = run(base + ["--fit-fmax", "--out", str(tmp_path / "f.csv")], capsys)
+    assert code == 0, err
+    plain, free = json.loads(out_plain)[0], json.loads(out_free)[0]
+    assert free["converged"] and 0.6 < free["f_max"] < 0.72
+    assert free["rmse"] < 0.5 * plain["rmse"]
+
+
+def test_prior_for_another_model_is_refused_and_prior_allows_two_points(tmp_path, capsys):
+    from matmeta.models.parametric import Prior
+
+    src = tmp_path / "two.csv"
+    pd.DataFrame({"time_s": [300.0, 900.0], "fraction": [0.2, 0.8]}).to_csv(src, index=False)
+    Prior.from_std("arrhenius_jmak", ["ln_k0", "Q_kJ_per_mol", "ln_n"], [20, 300, 0.5],
+                   [5, 100, 0.5]).save(tmp_path / "wrong.json")
+    out = tmp_path / "o.csv"
+    code, _, err = run(["jmak", "fit", str(src), "--prior", str(tmp_path / "wrong.json"),
+                        "--out", str(out)], capsys)
+    assert code == 2 and "prior is for model 'arrhenius_jmak', not 'jmak'" in err
+    assert len(err.strip().splitlines()) == 1 and not out.exists()
+    code, _, err = run(["jmak", "fit", str(src), "--fit-fmax", "--out", str(out)], capsys)
+    assert code == 2 and "2 points for 3 free parameters" in err and not out.exists()
+    Prior.from_std("jmak", ["ln_k", "ln_n"], [math.log(1e-3), 0.5], [2.0, 0.5]) \
+        .save(tmp_path / "p.json")
+    code, stdout, err = run(["jmak", "fit", str(src), "--prior", str(tmp_path / "p.json"),
+                             "--out", str(out), "--json"], capsys)
+    assert code == 0 and json.loads(stdout)[0]["converged"]
+
+
+BAD = [
+    ("time_s,fraction\n1,0.1\n2,1.4\n3,0.9\n", "row 3, column 'fraction': fraction 1.4 outside"),
+    ("time_s,fraction\n1,0.1\n2,\n3,0.9\n", "row 3, column 'fraction': missing value"),
+    ("time_s,fraction\n1,0.1\n-2,0.5\n3,0.9\n", "row 3, column 'time_s': negative time"),
+    ("time_s,fraction,temperature_K\n1,0.1,0\n2,0.5,0\n3,0.9,0\n",
+     "row 2, column 'temperature_K': temperature 0 K"),
+    ("time_s,frac\n1,0.1\n", "missing required column 'fraction'"),
+    ("time,fraction\n1,0.1\n2,0.5\n", "column 'time': the time unit cannot be determined"),
+    ("time_s,fraction\n1,0.4\n", "1 points for 2 free parameters"),
+    ("time_s,fraction\n1,0.4\n2,0.4\n3,0.4\n", "all 3 fractions equal 0.4"),
+    ("time_s,fraction\n1,0.1\n2,inf\n3,0.9\n", "row 3, column 'fraction': infinite value"),
+]
+
+
+@pytest.mark.parametrize("text,message", BAD)
+def test_bad_input_one_line_error_and_nothing_written(tmp_path, capsys, text, message):
+    src = tmp_path / "bad.csv"
+    src.write_text(text)
+    out, plot = tmp_path / "o.csv", tmp_path / "o.png"
+    code, stdout, err = run(["jmak", "fit", str(src), "--out", str(out), "--plot", str(plot),
+                             "--json"], capsys)
+    assert code == 2
+    assert message in err and str(src) in err
+    assert len(err.strip().splitlines()) == 1 and stdout == ""
+    assert not out.exists() and not plot.exists()
+    assert list(tmp_path.iterdir()) == [src]
+
+
+def test_help_mentions_units(capsys):
+    with pytest.raises(SystemExit):
+        main(["jmak", "fit", "--help"])
+    out = capsys.readouterr().out
+    assert "k in 1/s" in out and "kJ/mol" in out and "--fit-fmax" in out

@@ -1,0 +1,308 @@
+"""Batched fitting against closed forms, scipy.optimize and real tungsten / bainite curves."""
+
+from __future__ import annotations
+
+import math
+import warnings
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+from scipy.optimize import curve_fit, minimize
+
+from matmeta.errors import InputError
+from matmeta.fitting import fit_curves, fit_jmak, levenberg_marquardt
+from matmeta.models.parametric import JMAK, Arrhenius, ArrheniusJMAK, Prior
+from tests.helpers import shared_dataset
+
+F64 = torch.float64
+LN_LN2 = math.log(math.log(2.0))
+
+
+def jmak_np(t, ln_k, ln_n):
+    """An independent numpy JMAK in (ln k, ln n), overflow-safe, for scipy."""
+    n = np.exp(ln_n)
+    z = np.minimum(n * (ln_k + np.log(np.where(t > 0, t, 1.0))), 30.0)
+    return np.where(t > 0, -np.expm1(-np.exp(z)), 0.0)
+
+
+def scipy_best(t, f, sigma=None):
+    """curve_fit from the textbook Avrami-plot guess and a few half-time guesses; best RSS."""
+    starts = []
+    sel = (f > 0.02) & (f < 0.98) & (t > 0)
+    if sel.sum() >= 2:
+        slope, icpt = np.polyfit(np.log(t[sel]), np.log(-np.log1p(-f[sel])), 1)
+        if slope > 0:
+            starts.append([icpt / slope, np.log(slope)])
+    t_half = np.median(t[t > 0])
+    for n in (0.5, 1.0, 2.0, 4.0):
+        starts.append([LN_LN2 / n - np.log(t_half), np.log(n)])
+    best = None
+    for p0 in starts:
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                p, cov = curve_fit(jmak_np, t, f, p0=p0, sigma=sigma, maxfev=5000)
+        except RuntimeError:
+            continue
+        w = 1.0 if sigma is None else 1.0 / sigma**2
+        rss = float(np.sum(w * (jmak_np(t, *p) - f) ** 2))
+        if best is None or rss < best[0]:
+            best = (rss, p, cov)
+    return best
+
+
+def tungsten_curves():
+    df = pd.read_csv(shared_dataset("kinetics/tungsten_recrystallization.csv"))
+    out = []
+    for key, g in df.groupby(["dataset_id", "temperature_K"]):
+        g = g.sort_values("time_s")
+        out.append((key, g["time_s"].to_numpy(), g["fraction"].to_numpy(),
+                    g["fraction_std"].to_numpy()))
+    return out
+
+
+def test_lm_solves_linear_least_squares_exactly():
+    rng = np.random.default_rng(0)
+    x = torch.as_tensor(rng.uniform(0, 1, (50, 8)))
+    coef = torch.as_tensor(rng.normal(size=(50, 3)))
+    y = coef[:, :1] + coef[:, 1:2] * x + coef[:, 2:3] * x**2 + 0.01 * torch.as_tensor(
+        rng.normal(size=(50, 8)))
+
+    def fn(theta, x, y):
+        r = theta[:, :1] + theta[:, 1:2] * x + theta[:, 2:3] * x**2 - y
+        return r, torch.stack([torch.ones_like(x), x, x**2], dim=1)
+
+    res = levenberg_marquardt(fn, torch.zeros(50, 3, dtype=F64), (x, y), ftol=1e-15, xtol=1e-15)
+    assert bool(res.converged.all())
+    for i in range(50):
+        a = np.stack([np.ones(8), x[i].numpy(), x[i].numpy() ** 2], -1)
+        ref = np.linalg.lstsq(a, y[i].numpy(), rcond=None)[0]
+        np.testing.assert_allclose(res.theta[i].numpy(), ref, rtol=1e-7, atol=1e-9)
+
+
+@pytest.mark.parametrize("fit_t0,fit_fmax", [(False, False), (True, False), (False, True),
+                                             (True, True)])
+def test_noiseless_curves_recover_known_parameters(fit_t0, fit_fmax):
+    rng = np.random.default_rng(1)
+    model = JMAK(fit_t0=fit_t0, fit_fmax=fit_fmax)
+    truths, times, fracs = [], [], []
+    for _ in range(40):
+        phys = {"k_per_s": 10 ** rng.uniform(-6, -1), "n": rng.uniform(0.6, 5.0),
+                "t0_s": 0.0, "f_max": 1.0}
+        t_half = math.log(2) ** (1 / phys["n"]) / phys["k_per_s"]
+        if fit_t0:
+            phys["t0_s"] = 0.3 * t_half
+        if fit_fmax:
+            phys["f_max"] = rng.uniform(0.5, 0.95)
+        t = phys["t0_s"] + t_half * np.geomspace(0.1, 4.0, int(rng.integers(8, 16)))
+        if fit_t0:  # points before the incubation time, too
+            t = np.concatenate([[0.2 * phys["t0_s"], 0.6 * phys["t0_s"]], t])
+        p = model.from_physical(**{s.physical_name: phys[s.physical_name] for s in model.specs})
+        fracs.append(model.forward(p, torch.as_tensor(t)).numpy())
+        times.append(t)
+        truths.append(phys)
+    res = fit_jmak(times, fracs, fit_t0=fit_t0, fit_fmax=fit_fmax)
+    phys = res.physical()
+    assert bool(res.converged.all())
+    for i, truth in enumerate(truths):
+        for name in [s.physical_name for s in model.specs]:
+            assert math.isclose(phys[name][i], truth[name], rel_tol=1e-6), (i, name)
+    assert float(res.rmse.max()) < 1e-8
+
+
+def test_time_unit_argument_gives_seconds():
+    t_min = np.array([1.0, 2.0, 4.0, 8.0, 16.0])
+    model = JMAK()
+    f = model.forward(model.from_physical(k_per_s=1 / 300.0, n=2.0),
+                      torch.as_tensor(t_min * 60)).numpy()
+    res = fit_jmak(t_min, f, time_unit="min")
+    assert math.isclose(res.physical()["k_per_s"][0], 1 / 300.0, rel_tol=1e-7)
+    with pytest.raises(InputError, match="time unit"):
+        fit_jmak(t_min, f, time_unit="d")
+
+
+@pytest.mark.shared_data
+def test_every_tungsten_curve_converges_and_matches_or_beats_scipy():
+    curves = tungsten_curves()
+    res = fit_jmak([c[1] for c in curves], [c[2] for c in curves])
+    assert bool(res.converged.all()), [c[0] for c, ok in zip(curves, res.converged) if not ok]
+    poor = res.poorly_determined
+    close = 0
+    for i, (key, t, f, _) in enumerate(curves):
+        best = scipy_best(t, f)
+        assert best is not None
+        rmse_sp = math.sqrt(best[0] / len(t))
+        assert float(res.rmse[i]) <= rmse_sp + 1e-7, key
+        if not bool(poor[i]) and math.isclose(float(res.rmse[i]), rmse_sp, rel_tol=1e-6):
+            np.testing.assert_allclose(res.theta[i].numpy(), best[1], rtol=1e-4, atol=1e-4)
+            # standard errors: the same Jacobian covariance scipy reports
+            np.testing.assert_allclose(res.stderr[i].numpy(), np.sqrt(np.diag(best[2])),
+                                       rtol=2e-3)
+            close += 1
+    assert close >= 15
+
+
+@pytest.mark.shared_data
+def test_weighted_fit_and_standard_errors_match_scipy_with_sigma():
+    curves = [c for c in tungsten_curves() if c[0][0] == "W_Lopez2015_HR"]
+    sig = [np.maximum(np.nan_to_num(c[3], nan=0.05), 0.01) for c in curves]
+    res = fit_jmak([c[1] for c in curves], [c[2] for c in curves], fraction_std=sig)
+    for i, c in enumerate(curves):
+        best = scipy_best(c[1], c[2], sigma=sig[i])
+        np.testing.assert_allclose(res.theta[i].numpy(), best[1], rtol=1e-4, atol=1e-4)
+        np.testing.assert_allclose(res.stderr[i].numpy(), np.sqrt(np.diag(best[2])), rtol=2e-3)
+
+
+def test_map_from_two_points_equals_direct_minimisation():
+    prior = Prior.from_std("jmak", ["ln_k", "ln_n"], [math.log(1e-3), math.log(2.0)], [1.5, 0.4],
+                           noise_std=0.05)
+    t = np.array([400.0, 1500.0])
+    f = np.array([0.2, 0.9])
+    res = fit_jmak(t, f, prior=prior)
+    mu, cov_inv = prior.mean.numpy(), np.linalg.inv(prior.cov.numpy())
+
+    def objective(th):
+        r = (jmak_np(t, *th) - f) / 0.05
+        d = th - mu
+        return float(r @ r + d @ cov_inv @ d)
+
+    ref = minimize(objective, mu, method="Nelder-Mead",
+                   options={"xatol": 1e-11, "fatol": 1e-14, "maxiter": 20000})
+    np.testing.assert_allclose(res.theta[0].numpy(), ref.x, atol=1e-6)
+    assert math.isclose(float(res.cost[0]), ref.fun, rel_tol=1e-8)
+    assert res.map and bool(res.converged[0])
+    # Laplace covariance: inverse of the Gauss-Newton Hessian of the objective / 2
+    h = np.zeros((2, 2))
+    eps = 1e-5
+    for a in range(2):
+        for b in range(2):
+            da, db = np.eye(2)[a] * eps, np.eye(2)[b] * eps
+            h[a, b] = (objective(ref.x + da + db) - objective(ref.x + da - db)
+                       - objective(ref.x - da + db) + objective(ref.x - da - db)) / (4 * eps**2)
+    # the Gauss-Newton curvature is close to the true one at a small-residual optimum
+    np.testing.assert_allclose(res.cov[0].numpy(), np.linalg.inv(h / 2), rtol=0.15)
+
+
+def test_map_with_full_covariance_prior_and_four_points():
+    cov = np.array([[1.0, -0.3], [-0.3, 0.2]])
+    prior = Prior("jmak", ["ln_k", "ln_n"], [math.log(2e-3), math.log(1.5)], cov, noise_std=0.03)
+    t = np.array([100.0, 300.0, 600.0, 1200.0])
+    f = np.array([0.12, 0.43, 0.71, 0.93])
+    res = fit_jmak(t, f, prior=prior)
+    mu, cinv = prior.mean.numpy(), np.linalg.inv(cov)
+    obj = lambda th: float((((jmak_np(t, *th) - f) / 0.03) ** 2).sum()  # noqa: E731
+                           + (th - mu) @ cinv @ (th - mu))
+    ref = minimize(obj, mu, method="BFGS", options={"gtol": 1e-10})
+    np.testing.assert_allclose(res.theta[0].numpy(), ref.x, atol=1e-5)
+
+
+def test_fewer_points_than_parameters_needs_a_prior():
+    with pytest.raises(InputError, match="1 points for 2 free parameters.*give a prior"):
+        fit_jmak([100.0], [0.4])
+    with pytest.raises(InputError, match="2 points for 3 free parameters"):
+        fit_jmak([100.0, 200.0], [0.4, 0.6], fit_fmax=True)
+    prior = Prior.from_std("jmak", ["ln_k", "ln_n"], [-5.0, 0.5], [1.0, 0.3])
+    assert bool(fit_jmak([100.0], [0.4], prior=prior).converged[0])
+
+
+def test_all_equal_fractions_and_nan_are_refused():
+    with pytest.raises(InputError, match="all 3 target values equal 0.5"):
+        fit_jmak([1.0, 2.0, 3.0], [0.5, 0.5, 0.5])
+    with pytest.raises(InputError, match="curve 1, point 1: targets must be finite"):
+        fit_jmak([[1.0, 2.0, 3.0], [1.0, 2.0, 3.0]], [[0.1, 0.5, 0.9], [0.1, np.nan, 0.9]])
+    with pytest.raises(InputError, match="sigma must be positive"):
+        fit_jmak([1.0, 2.0, 3.0], [0.1, 0.5, 0.9], fraction_std=[0.1, 0.0, 0.1])
+
+
+def test_poorly_determined_fits_are_flagged_with_their_correlation():
+    model = JMAK()
+    good_t = np.geomspace(100, 10000, 12)
+    good_f = model.forward(model.from_physical(k_per_s=1e-3, n=2.0),
+                           torch.as_tensor(good_t)).numpy()
+    good_f = good_f + 0.01 * np.random.default_rng(0).normal(size=12)
+    # a step: all points at 0 or 1, nothing in between tells k and n apart
+    step_t = np.array([100.0, 200.0, 300.0, 1000.0, 2000.0])
+    step_f = np.array([0.0, 0.01, 0.0, 1.0, 0.99])
+    res = fit_jmak([good_t, step_t], [good_f, step_f])
+    flags = res.poorly_determined.tolist()
+    assert flags == [False, True]
+    corr = res.nk_correlation
+    assert torch.isfinite(corr[0]) and abs(float(corr[0])) <= 1.0
+    table = res.table()
+    assert {"nk_correlation", "poorly_determined", "t_half_s", "k_per_s_se"} <= set(table.columns)
+
+
+def test_arrhenius_jmak_recovers_Q_on_synthetic_isotherms():
+    rng = np.random.default_rng(3)
+    for q_true in (420.0, -150.0):
+        temps = [1400.0, 1450.0, 1500.0, 1550.0] if q_true > 0 else [300.0, 305.0, 310.0, 315.0]
+        model = ArrheniusJMAK()
+        ln_k_ref = math.log(1e-4)
+        ln_k0 = ln_k_ref + q_true * 1e3 / (8.314462618 * temps[1])
+        truth = model.from_physical(k0_per_s=math.exp(ln_k0), Q_kJ_per_mol=q_true, n=2.5)
+        xs, ys = [], []
+        for temp in temps:
+            ln_k = float(model.ln_k(truth, torch.tensor(temp, dtype=F64)))
+            t_half = math.log(2) ** (1 / 2.5) / math.exp(ln_k)
+            t = t_half * np.geomspace(0.2, 3.0, 8)
+            xs.append(np.stack([t, np.full_like(t, temp)], -1))
+        x = np.concatenate(xs)
+        y_clean = model.forward(truth, torch.as_tensor(x)).numpy()
+        res = fit_curves(model, [x], [y_clean])
+        phys = res.physical()
+        assert math.isclose(phys["Q_kJ_per_mol"][0], q_true, rel_tol=1e-6)
+        assert math.isclose(phys["n"][0], 2.5, rel_tol=1e-6)
+        ys = y_clean + 0.02 * rng.normal(size=len(y_clean))
+        res = fit_curves(model, [x], [ys])
+        phys = res.physical()
+        assert abs(phys["Q_kJ_per_mol"][0] - q_true) < 4 * phys["Q_kJ_per_mol_se"][0]
+
+
+def test_arrhenius_law_fit_is_the_straight_line():
+    temps = np.array([600.0, 650.0, 700.0, 750.0, 800.0])
+    ln_k = np.log(1e9) - 180e3 / (8.314462618 * temps) + np.array([0.02, -0.01, 0.03, 0, -0.02])
+    res = fit_curves(Arrhenius(), [temps], [ln_k])
+    slope, icpt = np.polyfit(1.0 / temps, ln_k, 1)
+    phys = res.physical()
+    assert math.isclose(phys["Q_kJ_per_mol"][0], -slope * 8.314462618 / 1e3, rel_tol=1e-8)
+    assert math.isclose(math.log(phys["k0_per_s"][0]), icpt, rel_tol=1e-8)
+
+
+@pytest.mark.shared_data
+def test_bainite_needs_f_max():
+    df = pd.read_csv(shared_dataset("kinetics/bainite_dilatometry.csv"))
+    t, f = df["time_s"].to_numpy(), df["fraction"].to_numpy()
+    plain = fit_jmak(t, f)
+    free = fit_jmak(t, f, fit_fmax=True)
+    assert bool(free.converged[0])
+    fmax = free.physical()["f_max"][0]
+    assert 0.6 < fmax < 0.72
+    assert float(free.rmse[0]) < 0.5 * float(plain.rmse[0])
+    # scipy on the same three-parameter law from a sensible guess does no better
+    def f3(tt, ln_k, ln_n, logit):
+        return jmak_np(tt, ln_k, ln_n) / (1 + np.exp(-logit))
+    p, _ = curve_fit(f3, t, f, p0=[math.log(1 / 100.0), 0.0, 0.7], maxfev=10000)
+    assert float(free.rmse[0]) <= math.sqrt(np.mean((f3(t, *p) - f) ** 2)) + 1e-9
+
+
+def test_all_multistart_modes_agree_on_clean_curves():
+    model = JMAK()
+    t = [np.geomspace(10, 1e4, 9) for _ in range(5)]
+    f = [model.forward(model.from_physical(k_per_s=k, n=n), torch.as_tensor(tt)).numpy()
+         for tt, (k, n) in zip(t, [(1e-3, 1), (3e-3, 2), (1e-2, 3), (5e-4, 0.7), (2e-3, 4)])]
+    a = fit_curves(model, t, f, multistart="all")
+    b = fit_curves(model, t, f, multistart="adaptive")
+    torch.testing.assert_close(a.theta, b.theta, rtol=1e-6, atol=1e-8)
+    with pytest.raises(InputError, match="multistart"):
+        fit_curves(model, t, f, multistart="some")
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_same_fit_on_gpu():
+    t = np.geomspace(10, 1e4, 9)
+    f = 1 - np.exp(-((1e-3 * t) ** 2))
+    cpu = fit_jmak(t, f)
+    gpu = fit_jmak(t, f, device="cuda")
+    torch.testing.assert_close(gpu.theta.cpu(), cpu.theta, rtol=1e-8, atol=1e-10)

@@ -1,0 +1,241 @@
+"""Meta-training loop, checkpoints, exact resume after a real kill, and bad input."""
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+
+from matmeta.checkpoint import load_checkpoint
+from matmeta.cli.main import main
+from matmeta.errors import CheckpointError, ConvergenceError, InputError
+from matmeta.meta import (
+    EpisodeSampler,
+    Family,
+    MetaSettings,
+    MetaTrainSettings,
+    adapt_and_predict,
+    load_meta,
+    meta_train,
+)
+from matmeta.models._mlp import MLP
+from tests.helpers import ROOT, assert_tree_close
+
+F64 = torch.float64
+
+
+def _families(n=6, size=12, seed=0, dtype=F64):
+    gen = torch.Generator().manual_seed(seed)
+    out = []
+    for i in range(n):
+        x = torch.randn(size, 2, generator=gen, dtype=dtype)
+        a = torch.randn(2, generator=gen, dtype=dtype)
+        out.append(Family(f"fam{i}", x, x @ a + 0.1 * i))
+    return out
+
+
+def _toy_table(path: Path, n_fam=8, size=15) -> Path:
+    rng = np.random.default_rng(0)
+    rows = []
+    for i in range(n_fam):
+        a, b = rng.normal(size=2)
+        for _ in range(size):
+            x1, x2 = rng.normal(size=2)
+            rows.append({"family": f"F{i}", "x1": x1, "x2": x2, "y": a * x1 + b * x2 + i})
+    pd.DataFrame(rows).to_csv(path, index=False)
+    return path
+
+
+def test_checkpoint_records_everything_needed_to_adapt(tmp_path):
+    model = MLP(2, (8,), dtype="float64")
+    fams = _families()
+    s = MetaSettings("metasgd", inner_steps=2, inner_lr=0.05, eval_inner_steps=4)
+    res = meta_train(model, fams[:4], fams[4:], settings=s,
+                     train=MetaTrainSettings(steps=6, meta_batch=3, k_shot=3, q_query=4,
+                                             checkpoint_every=2, val_every=3),
+                     out=tmp_path / "m.pt", progress=False,
+                     extra={"featurizer": None, "target_transform": {"kind": "identity"}})
+    ck = load_meta(tmp_path / "m.pt")
+    assert ck.step == 6 and ck.inner["steps"] == 4 and ck.inner["train_steps"] == 2
+    assert set(ck.inner["per_param_lr"]) == set(ck.params)
+    assert all(bool((r > 0).all()) for r in ck.inner["per_param_lr"].values())
+    assert ck.extra["target_transform"] == {"kind": "identity"}
+    assert [h["step"] for h in ck.history] == list(range(1, 7))
+    assert "val_loss" in ck.history[2] and "val_loss" not in ck.history[0]
+    assert_tree_close(ck.meta_params, res.meta_params, rtol=0, atol=0)
+    # adapting from the file alone equals adapting from the in-memory result
+    task = EpisodeSampler(fams[4:], 3, 4, 1, seed=3).sample()[0]
+    a = adapt_and_predict(ck.model, ck.meta_params, task.support, task.query.inputs, ck.settings)
+    b = adapt_and_predict(model, res.meta_params, task.support, task.query.inputs, res.settings)
+    torch.testing.assert_close(a, b, rtol=0, atol=0)
+
+
+def test_resume_in_process_equals_an_uninterrupted_run(tmp_path, monkeypatch):
+    model = MLP(2, (8,), dtype="float64")
+    fams = _families()
+    tr = MetaTrainSettings(steps=8, meta_batch=3, k_shot=3, q_query=4, schedule="cosine",
+                           checkpoint_every=3)
+    kw = dict(settings=MetaSettings("maml", 2, 0.05), train=tr, progress=False)
+    full = meta_train(model, fams, **kw)
+    original = EpisodeSampler.sample
+    calls = []
+
+    def interrupted(self):
+        calls.append(1)
+        if len(calls) == 5:  # meta-step 5, after the checkpoint of meta-step 3
+            raise KeyboardInterrupt
+        return original(self)
+
+    monkeypatch.setattr(EpisodeSampler, "sample", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        meta_train(model, fams, out=tmp_path / "r.pt", **kw)
+    monkeypatch.setattr(EpisodeSampler, "sample", original)
+    assert load_checkpoint(tmp_path / "r.pt", kind="meta")["step"] == 3
+    resumed = meta_train(model, fams, out=tmp_path / "r.pt", resume=True, **kw)
+    assert_tree_close(resumed.meta_params, full.meta_params, rtol=0, atol=0)
+    assert [h["train_loss"] for h in resumed.history] == [h["train_loss"] for h in full.history]
+
+
+def test_killed_run_resumes_to_the_same_parameters(tmp_path):
+    data = _toy_table(tmp_path / "toy.csv")
+    common = ["meta-train", "--data", str(data), "--model", "mlp", "--algorithm", "maml",
+              "--target", "y", "--features", "x1,x2", "--hidden", "8", "--k-shot", "3",
+              "--q-query", "4", "--meta-batch", "4", "--inner-steps", "2", "--steps", "100",
+              "--val-families", "0.25", "--val-every", "100", "--val-tasks", "4",
+              "--device", "cpu", "--threads", "1", "--seed", "3", "--no-progress",
+              "--checkpoint-every", "10"]
+    killed = tmp_path / "killed.pt"
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    proc = subprocess.Popen([sys.executable, "-m", "matmeta", *common, "--out", str(killed)],
+                            cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    deadline = time.time() + 120
+    while not killed.exists() and time.time() < deadline and proc.poll() is None:
+        time.sleep(0.02)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert proc.returncode == -signal.SIGKILL, proc.stderr.read().decode()[-2000:]
+    step_at_kill = load_checkpoint(killed, kind="meta")["step"]
+    assert 0 < step_at_kill < 100
+    # the resumed run may as well be in this process: the kill above was real
+    assert main([*common, "--out", str(killed), "--resume"]) == 0
+    straight = tmp_path / "straight.pt"
+    assert main([*common, "--out", str(straight)]) == 0
+    a, b = load_checkpoint(killed, kind="meta"), load_checkpoint(straight, kind="meta")
+    assert a["step"] == b["step"] == 100
+    assert_tree_close(a["meta_params"], b["meta_params"], rtol=0, atol=0)
+    assert a["history"] == b["history"]
+
+
+def test_nan_loss_stops_naming_task_and_step_and_keeps_the_last_checkpoint(tmp_path):
+    model = MLP(2, (4,), dtype="float64")
+    fams = _families(3)
+    out = tmp_path / "n.pt"
+    s = MetaSettings("maml", 1, 0.05)
+    meta_train(model, fams, settings=s, out=out, progress=False,
+               train=MetaTrainSettings(steps=2, meta_batch=2, k_shot=3, q_query=4))
+    before = out.read_bytes()
+    bad = Family("poisoned", fams[0].inputs, torch.full_like(fams[0].y, float("nan")))
+    with pytest.raises(ConvergenceError) as err:
+        meta_train(model, [bad], settings=s, out=out, resume=True, progress=False,
+                   train=MetaTrainSettings(steps=5, meta_batch=2, k_shot=3, q_query=4))
+    msg = str(err.value)
+    assert "meta-step 3" in msg and "task 0" in msg and "'poisoned'" in msg and "\n" not in msg
+    assert "(meta-step 2) is kept" in msg
+    assert out.read_bytes() == before
+
+
+def test_resume_refuses_a_checkpoint_of_another_model_or_featurizer(tmp_path):
+    fams = _families(3)
+    out = tmp_path / "c.pt"
+    tr = MetaTrainSettings(steps=1, meta_batch=2, k_shot=3, q_query=4)
+    meta_train(MLP(2, (4,), dtype="float64"), fams, train=tr, out=out, progress=False,
+               extra={"featurizer": {"cutoff": 6.0}})
+    before = out.read_bytes()
+    with pytest.raises(CheckpointError, match="cannot resume: it holds a 'mlp' model"):
+        meta_train(MLP(2, (5,), dtype="float64"), fams, train=tr, out=out, resume=True,
+                   progress=False, extra={"featurizer": {"cutoff": 6.0}})
+    with pytest.raises(CheckpointError, match="featurizer"):
+        meta_train(MLP(2, (4,), dtype="float64"), fams, train=tr, out=out, resume=True,
+                   progress=False, extra={"featurizer": {"cutoff": 5.0}})
+    with pytest.raises(CheckpointError, match="'maml', this run asks for 'reptile'"):
+        meta_train(MLP(2, (4,), dtype="float64"), fams, train=tr, out=out, resume=True,
+                   progress=False, settings=MetaSettings("reptile"),
+                   extra={"featurizer": {"cutoff": 6.0}})
+    assert out.read_bytes() == before
+
+
+def test_families_too_small_are_reported_or_refused():
+    fams = _families(3, size=12) + [Family("tiny", torch.zeros(4, 2), torch.zeros(4))]
+    with pytest.warns(UserWarning, match=r"not drawn: tiny \(4\)"):
+        sampler = EpisodeSampler(fams, 3, 4, 2)
+    assert "tiny" not in {f.name for f in sampler.families}
+    with pytest.raises(InputError, match=r"no meta-train family has the 20 samples.*fam0 \(12\)"):
+        EpisodeSampler(fams, 10, 10, 2)
+    with pytest.raises(InputError, match="meta-batch size 0"):
+        EpisodeSampler(fams, 3, 4, 0)
+
+
+def test_cli_bad_input_is_one_line_and_writes_nothing(tmp_path, capsys):
+    data = _toy_table(tmp_path / "toy.csv")
+    base = ["meta-train", "--data", str(data), "--model", "mlp", "--target", "y",
+            "--features", "x1,x2", "--device", "cpu", "--steps", "2", "--no-progress"]
+    out = tmp_path / "o.pt"
+    assert main([*base, "--algorithm", "mamll", "--out", str(out)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.count("\n") == 0 and "unknown algorithm 'mamll'" in err and not out.exists()
+    assert main([*base, "--k-shot", "10", "--q-query", "10", "--out", str(out)]) == 2
+    assert "no meta-train family has the 20 samples" in capsys.readouterr().err
+    assert not out.exists()
+    assert main([*base, "--meta-batch", "0", "--out", str(out)]) == 2
+    assert "meta-batch size 0" in capsys.readouterr().err and not out.exists()
+    out.write_bytes(b"precious")
+    assert main([*base, "--out", str(out)]) == 2
+    assert "exists" in capsys.readouterr().err and out.read_bytes() == b"precious"
+
+
+def test_cli_config_file_is_read_flags_override_and_all_is_recorded(tmp_path):
+    data = _toy_table(tmp_path / "toy.csv")
+    cfg = tmp_path / "run.toml"
+    cfg.write_text('algorithm = "fomaml"\ninner_lr = 0.02\nsteps = 3\nk_shot = 3\n'
+                   'q_query = 4\nmeta_batch = 2\n[model]\nhidden = [6]\n')
+    out = tmp_path / "cfg.pt"
+    assert main(["meta-train", "--data", str(data), "--model", "mlp", "--target", "y",
+                 "--features", "x1,x2", "--config", str(cfg), "--inner-lr", "0.03",
+                 "--device", "cpu", "--out", str(out), "--no-progress"]) == 0
+    ck = load_meta(out)
+    assert ck.settings.algorithm == "fomaml" and ck.settings.inner_lr == 0.03
+    assert ck.train.steps == 3 and ck.model.hidden == (6,)
+    assert ck.extra["data"]["options"]["inner_lr"] == 0.03
+    assert ck.extra["target_transform"]["kind"] == "standardize"
+    assert (tmp_path / "cfg.png").stat().st_size > 1000
+
+
+@pytest.mark.parametrize("kind", ["adam", "sgd"])
+def test_outer_update_matches_torch_optim_with_clipping_and_cosine(kind):
+    from matmeta.meta._train import outer_init, outer_update
+
+    gen = torch.Generator().manual_seed(0)
+    params = {"a": torch.randn(3, 2, generator=gen, dtype=F64),
+              "b": torch.randn(4, generator=gen, dtype=F64)}
+    tr = MetaTrainSettings(steps=5, outer_optimizer=kind, outer_lr=0.1, clip=0.5,
+                           schedule="cosine")
+    leaves = [params[k].clone().requires_grad_() for k in params]
+    opt = (torch.optim.Adam if kind == "adam" else torch.optim.SGD)(leaves, lr=0.1)
+    sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=5)
+    ours, state = dict(params), outer_init(params)
+    for _ in range(5):
+        grads = {k: torch.randn(v.shape, generator=gen, dtype=F64) for k, v in params.items()}
+        for leaf, g in zip(leaves, grads.values(), strict=True):
+            leaf.grad = g.clone()
+        torch.nn.utils.clip_grad_norm_(leaves, 0.5)
+        opt.step()
+        sched.step()
+        ours, state = outer_update(ours, grads, state, tr)
+    for leaf, k in zip(leaves, params, strict=True):
+        torch.testing.assert_close(ours[k], leaf.detach(), rtol=1e-6, atol=1e-9)
