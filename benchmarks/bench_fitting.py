@@ -21,7 +21,7 @@ import warnings
 import numpy as np
 import torch
 
-from matmeta.fitting import fit_jmak
+from matmeta.fitting import fit_curves
 from matmeta.models.parametric import JMAK
 
 LN_LN2 = np.log(np.log(2.0))
@@ -65,7 +65,7 @@ def scipy_loop(times, fracs):
     from scipy.optimize import curve_fit
 
     out, fails = [], 0
-    for t, f in zip(times, fracs):
+    for t, f in zip(times, fracs, strict=False):
         try:
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore")
@@ -79,7 +79,7 @@ def scipy_loop(times, fracs):
 def truth_rmse(theta, truth):
     grid_u = np.linspace(-2.5, 2.5, 200)
     errs = []
-    for (lk, ln), (tk, tn) in zip(theta, truth):
+    for (lk, ln), (tk, tn) in zip(theta, truth, strict=False):
         if not np.all(np.isfinite([lk, ln])):
             errs.append(np.inf)
             continue
@@ -90,7 +90,7 @@ def truth_rmse(theta, truth):
 
 def data_rmse(theta, times, fracs):
     return np.array([np.sqrt(np.mean((curve_np(t, *p) - f) ** 2)) if np.all(np.isfinite(p))
-                     else np.inf for p, t, f in zip(theta, times, fracs)])
+                     else np.inf for p, t, f in zip(theta, times, fracs, strict=False)])
 
 
 def timed(fn):
@@ -105,13 +105,17 @@ def main() -> None:
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--device", default="cpu")
+    ap.add_argument("--multistart", choices=["all", "adaptive"], default="all")
+    ap.add_argument("--dtype", choices=["float64", "float32"], default="float64")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     times, fracs, truth = make_curves(args.curves)
-    fit_jmak(times[:10], fracs[:10], device=args.device)  # warm-up (allocator, kernels)
+    dtype = getattr(torch, args.dtype)
+    model = JMAK()
 
     def ours():
-        res = fit_jmak(times, fracs, device=args.device)
+        res = fit_curves(model, times, fracs, device=args.device, dtype=dtype,
+                         multistart=args.multistart)
         if res.theta.is_cuda:
             torch.cuda.synchronize()
         return res
@@ -119,6 +123,7 @@ def main() -> None:
     # interleave the two so that a change in machine load hits both alike; report the best
     # time of each and the median of the per-round ratios
     t_o, t_s, ratios = [], [], []
+    ours()  # warm-up (allocator, kernels)
     for _ in range(args.repeats):
         a, res = timed(ours)
         b, (theta_sp, fails) = timed(lambda: scipy_loop(times, fracs))
@@ -126,15 +131,17 @@ def main() -> None:
         t_s.append(b)
         ratios.append(b / a)
     t_ours, t_scipy = min(t_o), min(t_s)
+    res.theta = res.theta.double()
     theta_ours = res.theta.cpu().numpy()
     tr_o, tr_s = truth_rmse(theta_ours, truth), truth_rmse(theta_sp, truth)
     dr_o, dr_s = data_rmse(theta_ours, times, fracs), data_rmse(theta_sp, times, fracs)
     print(f"threads={torch.get_num_threads()} (OMP_NUM_THREADS={os.environ.get('OMP_NUM_THREADS')})"
-          f" device={res.theta.device} curves={args.curves} points/curve=5-20 "
-          f"starts/curve={3} LM iterations={res.iterations}")
+          f" device={args.device} dtype={args.dtype} curves={args.curves} points/curve=5-20 "
+          f"starts/curve=3 multistart={args.multistart} LM iterations={res.iterations}")
     print(f"matmeta batched LM : {t_ours * 1e3:8.1f} ms  median truth-RMSE {np.median(tr_o):.4f}  "
           f"not converged {int((~res.converged).sum())}")
-    print(f"scipy curve_fit loop: {t_scipy * 1e3:8.1f} ms  median truth-RMSE {np.median(tr_s):.4f}  "
+    print(f"scipy curve_fit loop: {t_scipy * 1e3:8.1f} ms  "
+          f"median truth-RMSE {np.median(tr_s):.4f}  "
           f"failures {fails}")
     print(f"speed-up {t_scipy / t_ours:.1f}x (best times); per-round ratios "
           f"{', '.join(f'{r:.1f}' for r in ratios)}; median {np.median(ratios):.1f}x")

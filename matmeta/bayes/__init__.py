@@ -22,6 +22,7 @@ from matmeta.bayes._gp import (
     gp_kernel,
     gp_log_marginal_likelihood,
 )
+from matmeta.bayes._interface import AdaptationHead, PredictivePosterior, score_head
 from matmeta.bayes._linear import (
     BayesianLinearHead,
     LinearPosterior,
@@ -45,6 +46,7 @@ from matmeta.bayes._prior import (
 )
 
 __all__ = [
+    "AdaptationHead",
     "BayesianLinearHead",
     "GPPosterior",
     "GaussianProcessHead",
@@ -53,6 +55,7 @@ __all__ = [
     "LinearPosterior",
     "ParametricPosterior",
     "ParametricPriorHead",
+    "PredictivePosterior",
     "PriorFit",
     "adapt_parametric",
     "central_interval",
@@ -67,5 +70,6 @@ __all__ = [
     "learn_prior",
     "linear_log_evidence",
     "sample_crps",
+    "score_head",
     "score_predictions",
 ]

@@ -202,10 +202,10 @@ def maximise(
             moved = False
             for frac in (1.0, 0.5, 0.25):
                 cand = theta + frac * step
-                if bool(safe(value_fn(cand, *search_data)) >= safe(v0)):
+                if bool((safe(value_fn(cand, *search_data)) >= safe(v0)).detach()):
                     theta, moved = cand, True
                     break
-            if not moved or float((frac * step).abs().max()) < tol:
+            if not moved or float((frac * step).detach().abs().max()) < tol:
                 break
             continue
         cands = torch.stack([theta, theta + step, theta + 0.5 * step, theta + 0.25 * step])

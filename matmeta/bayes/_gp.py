@@ -243,9 +243,8 @@ def fit_gp(
     dtype, dev = features.dtype, features.device
     tiny = torch.finfo(dtype).eps
     ms = (y * y).mean() + tiny
-    bias_var_t = (
-        ms.detach() if bias_var is None else torch.as_tensor(bias_var, dtype=dtype, device=dev)
-    )
+    # the default stays attached: it moves with the targets, and the gradient follows
+    bias_var_t = ms if bias_var is None else torch.as_tensor(bias_var, dtype=dtype, device=dev)
     d2 = _sqdist(features, features)
     start = _data_start(d2, features, ms, k)
     for name, v in (init or {}).items():
@@ -278,18 +277,18 @@ def fit_gp(
             return theta.new_zeros(())
         return -0.5 * (((theta - centre_) / hyper_std) ** 2).sum()
 
-    def value_fn(theta, features_, y_, centre_):
+    def value_fn(theta, features_, y_, centre_, bv_):
         return gp_log_marginal_likelihood(
-            features_, y_, unpack(theta), kernel, linear, bias_var_t, jitter
+            features_, y_, unpack(theta), kernel, linear, bv_, jitter
         ) + hyperprior(theta, centre_)
 
-    def derivs_fn(theta, features_, y_, centre_):
+    def derivs_fn(theta, features_, y_, centre_, bv_):
         h = unpack(theta)
         d2_ = _sqdist(features_, features_)
         log_ell = theta[0]
         Kr = h["signal_var"] * _stationary(d2_, log_ell, kernel)
         dKr = h["signal_var"] * _stationary(d2_, log_ell, kernel, 1)
-        C = Kr + bias_var_t + (h["noise_var"] + jitter) * eye
+        C = Kr + bv_ + (h["noise_var"] + jitter) * eye
         D = [dKr, Kr]
         DD = {
             (0, 0): h["signal_var"] * _stationary(d2_, log_ell, kernel, 2),
@@ -312,7 +311,12 @@ def fit_gp(
         return val, g, hess
 
     theta = maximise(
-        value_fn, derivs_fn, centre, (features, y, centre), steps=steps, differentiate=differentiate
+        value_fn,
+        derivs_fn,
+        centre,
+        (features, y, centre, bias_var_t),
+        steps=steps,
+        differentiate=differentiate,
     )
     hyper = unpack(theta)
     C = (

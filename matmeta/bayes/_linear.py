@@ -272,7 +272,8 @@ def fit_bayes_linear(
     tiny = torch.finfo(dtype).eps
     ms = (r0 * r0).mean() + tiny * (1.0 + (y * y).mean())
     if bias_var is None:
-        bias_var_t = ms.detach()
+        # kept attached: it moves with the data and the prior mean, and the gradient follows
+        bias_var_t = ms
     else:
         bias_var_t = torch.as_tensor(bias_var, dtype=dtype, device=dev)
     fsq = (features * features).sum(-1).mean() + tiny
@@ -305,7 +306,7 @@ def fit_bayes_linear(
             return theta_free.new_zeros(())
         return -0.5 * (((theta_free - centre[free]) / hyper_std) ** 2).sum()
 
-    def value_fn(theta_free, features_, y_, m0_, centre):
+    def value_fn(theta_free, features_, y_, m0_, centre, bv_):
         la, lb = full(theta_free)
         val = linear_log_evidence(
             features_,
@@ -313,21 +314,21 @@ def fit_bayes_linear(
             torch.exp(la),
             torch.exp(lb),
             bias=bias,
-            bias_var=bias_var_t,
+            bias_var=bv_,
             prior_mean=m0_,
             jitter=jitter,
             form=form,
         )
         return val + hyperprior(theta_free, centre)
 
-    def derivs_fn(theta_free, features_, y_, m0_, centre):
+    def derivs_fn(theta_free, features_, y_, m0_, centre, bv_):
         la, lb = full(theta_free)
         phi_ = _augment(features_, bias)
         G = features_ @ features_.T
         eye = torch.eye(k, dtype=dtype, device=dev)
         C = torch.exp(-la) * G + (torch.exp(-lb) + jitter) * eye
         if bias:
-            C = C + bias_var_t
+            C = C + bv_
         D_all = [-torch.exp(-la) * G, -torch.exp(-lb) * eye]
         D = [D_all[i] for i in free]
         DD = {(j, j): -D[j] for j in range(len(free))}
@@ -343,7 +344,7 @@ def fit_bayes_linear(
             value_fn,
             derivs_fn,
             init[free],
-            (features, y, m0, init),
+            (features, y, m0, init, bias_var_t),
             steps=steps,
             differentiate=differentiate,
         )

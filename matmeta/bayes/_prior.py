@@ -157,7 +157,7 @@ def learn_prior(
     if init is None:
         start = model.flatten(model.init_params()).to(torch.float64)
         init = Prior(
-            model.name, names, start, 9.0 * torch.eye(p, dtype=torch.float64), s, model.config()
+            model.name, names, start, 9.0 * torch.eye(p, dtype=torch.float64), s, _config(model)
         )
     else:
         init.check(model)
@@ -212,6 +212,7 @@ class ParametricPosterior:
         theta: (P,) MAP parameters (transformed space, ``model.flat_names`` order).
         cov: (P, P) Laplace covariance of ``theta``.
         noise_std: std of one measurement (target units), added in :meth:`predict`.
+        default_samples: posterior draws :meth:`predict` uses when not told (None: delta method).
     """
 
     model: Any
@@ -219,6 +220,7 @@ class ParametricPosterior:
     theta: Tensor
     cov: Tensor
     noise_std: float
+    default_samples: int | None = None
 
     @property
     def names(self) -> list[str]:
@@ -255,13 +257,52 @@ class ParametricPosterior:
         monotone function of one transformed value, so it equals :attr:`correlation`)."""
         return self.correlation
 
-    def predict(self, query: Any, noise: bool = True) -> tuple[Tensor, Tensor]:
-        """Predictive mean and std at ``query`` inputs (delta method: ``J cov J' + noise^2``).
+    def sample_predictions(
+        self, query: Any, samples: int = 1000, noise: bool = True, seed: int = 0
+    ) -> Tensor:
+        """Draws (S, N) of the prediction at ``query``: ``theta`` from the Laplace posterior pushed
+        through the law (its nonlinearity kept), plus measurement noise unless ``noise=False``.
+
+        Example:
+            >>> draws = post.sample_predictions(t_query_s, samples=2000)
+            >>> sample_crps(draws, f_query)
+        """
+        gen = torch.Generator(device=self.theta.device).manual_seed(seed)
+        p = self.theta.shape[-1]
+        L = torch.linalg.cholesky(self.cov + 1e-12 * torch.diag(torch.diagonal(self.cov)))
+        z = torch.randn(samples, p, generator=gen, dtype=self.theta.dtype, device=L.device)
+        theta = self.theta + z @ L.T
+        q = torch.as_tensor(query, dtype=self.theta.dtype, device=self.theta.device)
+        f, _ = self.model.value_and_jacobian(theta, q.unsqueeze(0).expand(samples, *q.shape))
+        if noise:
+            f = f + self.noise_std * torch.randn(
+                f.shape, generator=gen, dtype=f.dtype, device=f.device
+            )
+        return f
+
+    def predict(
+        self, query: Any, noise: bool = True, samples: int | None = None, seed: int = 0
+    ) -> tuple[Tensor, Tensor]:
+        """Predictive mean and std at ``query`` inputs.
+
+        ``samples=None`` (and no ``default_samples``): the delta method, ``J cov J' + noise^2``
+        (deterministic, exact for a law linear in its parameters). ``samples=S``: the mean and
+        std of ``S`` draws from
+        :meth:`sample_predictions`, which keep the law's nonlinearity; for saturating laws (JMAK
+        near f = 0 or 1) they are the better calibrated (see benchmarks/bayes.md).
 
         Example:
             >>> mean, std = post.predict(torch.tensor([60.0, 600.0, 6000.0]))   # times in s
+            >>> mean, std = post.predict(t_query_s, samples=2000)
         """
         q = torch.as_tensor(query, dtype=self.theta.dtype)
+        samples = self.default_samples if samples is None else samples
+        if samples is not None:
+            f = self.sample_predictions(q, samples, noise=False, seed=seed)
+            var = f.var(0)
+            if noise:
+                var = var + self.noise_std**2
+            return f.mean(0), var.clamp_min(torch.finfo(var.dtype).tiny).sqrt()
         f, jac = self.model.value_and_jacobian(self.theta.unsqueeze(0), q.unsqueeze(0))
         f, jac = f[0], jac[0]
         var = torch.einsum("np,pq,nq->n", jac, self.cov, jac)
@@ -310,18 +351,28 @@ def adapt_parametric(
 class ParametricPriorHead:
     """A parametric law with a (meta-learned) prior, behind the heads' common interface.
 
+    Its posteriors predict from ``samples`` Laplace-posterior draws (seeded, so repeatable) by
+    default: on held-out tungsten isotherms that was better calibrated than the delta method
+    (benchmarks/bayes.md); ``samples=None`` selects the delta method.
+
     Example:
         >>> head = ParametricPriorHead(JMAK(), prior)
         >>> mean, std = head.fit(Samples(t_support_s, f_support)).predict(t_query_s)
     """
 
-    def __init__(self, model: Any, prior: Any, noise_std: float | None = None) -> None:
+    def __init__(
+        self, model: Any, prior: Any, noise_std: float | None = None, samples: int | None = 2000
+    ) -> None:
         prior.check(model)
-        self.model, self.prior, self.noise_std = model, prior, noise_std
+        self.model, self.prior, self.noise_std, self.samples = model, prior, noise_std, samples
 
     def fit(self, support: Samples) -> ParametricPosterior:
-        """MAP + Laplace on ``support`` (``inputs`` as the law takes them, ``y`` targets)."""
-        return adapt_parametric(
+        """MAP + Laplace on ``support`` (``inputs`` as the law takes them, ``y`` targets).
+
+        With ``samples`` set, the posterior's :meth:`~ParametricPosterior.predict` uses that many
+        posterior draws by default instead of the delta method.
+        """
+        post = adapt_parametric(
             self.model,
             self.prior,
             support.inputs,
@@ -329,6 +380,11 @@ class ParametricPriorHead:
             noise_std=self.noise_std,
             weight=support.weight,
         )
+        post.default_samples = self.samples
+        return post
 
     def __repr__(self) -> str:
-        return f"ParametricPriorHead({self.model!r}, noise_std={self.noise_std!r})"
+        return (
+            f"ParametricPriorHead({self.model!r}, noise_std={self.noise_std!r}, "
+            f"samples={self.samples!r})"
+        )

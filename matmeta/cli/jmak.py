@@ -147,7 +147,7 @@ def _rows_arrhenius(table, groups, res, model) -> list[dict[str, Any]]:
             var_lnn = float(cov[2, 2])
             g_th = -g_lnk - (LN_LN2 / n) * g_lnn
             t_half = math.exp(LN_LN2 / n - ln_k)
-            x = torch.stack([torch.as_tensor(iso["time_s"].to_numpy()),
+            x = torch.stack([torch.tensor(iso["time_s"].to_numpy(), dtype=torch.float64),
                              torch.full((len(iso),), float(temp), dtype=torch.float64)], -1)
             f = model.forward(params, x).detach().numpy()
             w_rmse = float(((f - iso["fraction"].to_numpy()) ** 2).mean() ** 0.5)
@@ -262,7 +262,7 @@ def _fit(args: argparse.Namespace) -> int:
             gl = [", ".join(str(r[c]) for c in gcols) or "all" for r in rows]
             lines = None
             if args.arrhenius:
-                lines = {g: (r["ln_k0"], r["Q_kJ_per_mol"]) for g, r in zip(gl, rows)}
+                lines = {g: (r["ln_k0"], r["Q_kJ_per_mol"]) for g, r in zip(gl, rows, strict=False)}
             ln_k = np.log(frame["k_per_s"].to_numpy())
             ln_k_se = frame["k_per_s_se"].to_numpy() / frame["k_per_s"].to_numpy()
             figures.append((plot_arrhenius(frame["temperature_K"].to_numpy(), ln_k, ln_k_se,
@@ -273,8 +273,8 @@ def _fit(args: argparse.Namespace) -> int:
     for fig, path in figures:
         save_figure(fig, path)
     n_conv = int(frame["converged"].sum())
-    print(f"matmeta jmak fit: {len(res)} fits ({n_conv} converged, "
-          f"{int(frame['poorly_determined'].sum())} rows poorly determined); wrote {args.out}"
+    print(f"matmeta jmak fit: {len(res)} fits, {len(frame)} rows ({n_conv} converged, "
+          f"{int(frame['poorly_determined'].sum())} poorly determined); wrote {args.out}"
           + "".join(f", {p}" for _, p in figures), file=sys.stderr)
     if args.json:
         print(dumps_json(rows))

@@ -18,6 +18,7 @@ Example:
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -28,7 +29,7 @@ import torch
 from torch import Tensor
 
 from matmeta.errors import InputError
-from matmeta.fitting._lm import levenberg_marquardt
+from matmeta.fitting._lm import levenberg_marquardt, normal_equations
 from matmeta.models.parametric._base import ParametricModel, Prior
 from matmeta.models.parametric._jmak import JMAK
 from matmeta.models.parametric._units import seconds_per
@@ -66,7 +67,7 @@ def pad_curves(inputs: Sequence[Any], ys: Sequence[Any], weights: Sequence[Any] 
     if len(xs) != len(yl):
         raise InputError(f"{len(xs)} input arrays but {len(yl)} target arrays")
     lengths = np.array([len(y) for y in yl])
-    for i, (x, y) in enumerate(zip(xs, yl)):
+    for i, (x, y) in enumerate(zip(xs, yl, strict=False)):
         if x.shape[0] != y.shape[0]:
             raise InputError(f"curve {i}: {x.shape[0]} inputs but {y.shape[0]} targets")
     b, nmax = len(yl), int(lengths.max()) if len(yl) else 0
@@ -329,6 +330,10 @@ def fit_curves(
     prior = prior if prior is not None else model.prior
     if prior is not None:
         prior.check(model)
+    if noise_std is not None and not (noise_std > 0 and math.isfinite(noise_std)):
+        raise InputError(f"noise_std {noise_std}: expected a positive number")
+    if max_iter < 1:
+        raise InputError(f"max_iter {max_iter}: expected a positive integer")
     n_points = live.sum(-1)
     few = (n_points < p) if prior is None else (n_points < 1)
     if few.any():
@@ -366,14 +371,22 @@ def fit_curves(
         w_prior = prior.precision_sqrt.to(dev, dtype)
         mu = prior.mean.to(dev, dtype)
 
-    def residuals(theta: Tensor, x: Tensor, yy: Tensor, sw: Tensor) -> tuple[Tensor, Tensor]:
-        f, jt = model.fit_value_and_jacobian(theta, x)
-        r = sw * (f - yy)
-        jt = sw.unsqueeze(1) * jt
+    if prior is not None:
+        wtw = w_prior.T @ w_prior
+
+    def residuals(theta: Tensor, x: Tensor, yy: Tensor, sw: Tensor) -> tuple[Tensor, ...]:
+        fused = model.fit_normal_equations(theta, x, yy, sw)
+        if fused is not None:
+            cost, a, g = fused
+        else:
+            f, jt = model.fit_value_and_jacobian(theta, x)
+            cost, a, g = normal_equations(sw * (f - yy), sw.unsqueeze(1) * jt)
         if prior is not None:
-            r = torch.cat([r, (theta - mu) @ w_prior.T], dim=1)
-            jt = torch.cat([jt, w_prior.T.expand(theta.shape[0], p, p)], dim=2)
-        return r, jt
+            rp = (theta - mu) @ w_prior.T
+            cost = cost + (rp * rp).sum(-1)
+            a = a + wtw
+            g = g + rp @ w_prior
+        return cost, a, g
 
     def run(sel: Tensor | None, th0: Tensor, iters: int = max_iter) -> tuple[Tensor, ...]:
         """LM from every start in ``th0`` (b', S', P) for curves ``sel``; best start each."""

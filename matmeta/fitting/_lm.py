@@ -12,7 +12,7 @@ as soon as every row has converged.
 Example:
     >>> def fn(theta, x, y):             # r_i = a x_i + b - y_i for each row
     ...     r = theta[:, :1] * x + theta[:, 1:] - y
-    ...     return r, torch.stack([x, torch.ones_like(r)], 1)     # J^T: (B, P, M)
+    ...     return normal_equations(r, torch.stack([x, torch.ones_like(r)], 1))  # J^T (B, P, M)
     >>> res = levenberg_marquardt(fn, torch.zeros(len(y), 2, dtype=torch.float64), (x, y))
     >>> res.converged.all()
     tensor(True)
@@ -26,9 +26,9 @@ from typing import NamedTuple
 import torch
 from torch import Tensor
 
-__all__ = ["LMResult", "levenberg_marquardt", "solve_spd"]
+__all__ = ["LMResult", "levenberg_marquardt", "normal_equations", "solve_spd"]
 
-ResidualFn = Callable[..., tuple[Tensor, Tensor]]
+NormalEqFn = Callable[..., tuple[Tensor, Tensor, Tensor]]
 
 
 class LMResult(NamedTuple):
@@ -49,6 +49,13 @@ class LMResult(NamedTuple):
     converged: Tensor
     iterations: int
     lam: Tensor
+
+
+def normal_equations(r: Tensor, jt: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+    """``(sum(r^2), J^T J, J^T r)`` from residuals (B, M) and the transposed Jacobian (B, P, M)."""
+    a = (jt.unsqueeze(2) * jt.unsqueeze(1)).sum(-1)
+    g = (jt * r.unsqueeze(1)).sum(-1)
+    return (r * r).sum(-1), a, g
 
 
 def solve_spd(a: Tensor, b: Tensor) -> Tensor:
@@ -72,7 +79,7 @@ def solve_spd(a: Tensor, b: Tensor) -> Tensor:
 
 
 def levenberg_marquardt(
-    fn: ResidualFn,
+    fn: NormalEqFn,
     theta0: Tensor,
     data: tuple[Tensor, ...] = (),
     *,
@@ -94,9 +101,10 @@ def levenberg_marquardt(
         >>> res.theta, res.converged
 
     Args:
-        fn: batched residuals and transposed Jacobian,
-            ``fn(theta (B, P), *data) -> (r (B, M), J^T (B, P, M))`` (the (B, P, M) layout makes
-            ``J^T J`` a contiguous reduction).
+        fn: the batched normal equations at ``theta``:
+            ``fn(theta (B, P), *data) -> (cost (B,), J^T J (B, P, P), J^T r (B, P))`` with
+            ``cost = sum(r^2)``. Use :func:`normal_equations` to build them from residuals
+            and a transposed Jacobian; a law with few parameters may fuse them (JMAK does).
         theta0: (B, P) starting points.
         data: tensors with a leading batch dimension B handed to ``fn`` (row-aligned with
             ``theta``; the working set is taken from them).
@@ -107,8 +115,8 @@ def levenberg_marquardt(
         gtol: ... or when ``max |J^T r|`` falls below ``gtol * (cost + gtol)``.
         stall_tol: ... or when ``stall_window`` iterations together lowered its cost by less
             than ``stall_tol * cost`` while lightly damped (``lam <= 1``): a flat valley (e.g. a
-            step-like curve driving n to infinity) where the objective has converged but a parameter is undetermined; the
-            standard errors then show it.
+            step-like curve driving n to infinity) where the objective has converged but a
+            parameter is undetermined; the standard errors then show it.
         stall_window: iterations per stall test.
         lam0: initial damping (a float or a (B,) tensor, e.g. carried over from a screening
             run).
@@ -120,10 +128,7 @@ def levenberg_marquardt(
     dev, dtype = theta0.device, theta0.dtype
 
     def normal_eq(th: Tensor, aux: tuple[Tensor, ...]) -> tuple[Tensor, Tensor, Tensor]:
-        r, jt = fn(th, *aux)
-        a = (jt.unsqueeze(2) * jt.unsqueeze(1)).sum(-1)
-        g = (jt * r.unsqueeze(1)).sum(-1)
-        return (r * r).sum(-1), a, g
+        return fn(th, *aux)
 
     # outputs, filled as rows leave the working set
     theta_out = theta0.clone()

@@ -15,10 +15,9 @@ import json
 import math
 import os
 import struct
-import tempfile
 import zlib
-from collections.abc import Sequence
-from concurrent.futures import ProcessPoolExecutor
+from collections import deque
+from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
 from pathlib import Path
 from typing import Any
 
@@ -37,6 +36,10 @@ from matmeta.io._readers import Disorder, read_structures
 
 __all__ = ["GraphCache", "build_graphs", "structure_key"]
 
+# Below this many graphs to build, forking a worker (~0.2 s with torch and pymatgen loaded)
+# costs more than it saves.
+_MIN_PARALLEL = 256
+
 # Positions and cells are hashed after rounding to this many angstrom.
 _HASH_RESOLUTION_A = 1e-5
 
@@ -52,7 +55,7 @@ def structure_key(crystal: Crystal) -> str:
 
 
 class GraphCache:
-    """Graphs on disk under ``root/<settings key>-v<format>/<xx>/<content hash>.graph``.
+    """Graphs on disk under ``root/<settings key>-v<format>/<content hash>.graph``.
 
     Example:
         >>> cache = GraphCache("~/.cache/matmeta/graphs", FeaturizerSettings())
@@ -64,15 +67,16 @@ class GraphCache:
         self.root = Path(root).expanduser()
         self.settings = settings
         self.folder = self.root / f"{settings.key()}-v{GRAPH_FORMAT_VERSION}"
+        self._made: set[Path] = set()
 
-    def path(self, crystal: Crystal) -> Path:
-        key = structure_key(crystal)
-        return self.folder / key[:2] / f"{key}.graph"
+    def path(self, crystal: Crystal, key: str | None = None) -> Path:
+        """Entry path of ``crystal`` (``key``: its :func:`structure_key`, if already known)."""
+        return self.folder / f"{key or structure_key(crystal)}.graph"
 
-    def get(self, crystal: Crystal) -> dict[str, np.ndarray] | None:
+    def get(self, crystal: Crystal, key: str | None = None) -> dict[str, np.ndarray] | None:
         """The cached arrays of ``crystal``; ``None`` on a miss or an unusable entry."""
         try:
-            blob = bytearray(self.path(crystal).read_bytes())
+            blob = bytearray(self.path(crystal, key).read_bytes())
         except OSError:
             return None
         arrays = _decode(blob)
@@ -80,20 +84,24 @@ class GraphCache:
             return None
         return arrays
 
-    def put(self, crystal: Crystal, arrays: dict[str, np.ndarray]) -> None:
-        path = self.path(crystal)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        # Rename-into-place without fsync: a cache entry needs atomic visibility, not
-        # durability (a lost or torn entry is simply rebuilt), and fsync per graph would
-        # dominate the cold-cache build.
-        fd, tmp = tempfile.mkstemp(prefix=f".{path.stem}.", suffix=".tmp", dir=path.parent)
+    def put(self, crystal: Crystal, arrays: dict[str, np.ndarray],
+            key: str | None = None) -> None:
+        """Write an entry: temporary file in the same folder, then rename into place."""
+        path = self.path(crystal, key)
+        if path.parent not in self._made:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            self._made.add(path.parent)
+        # No fsync and no mkstemp: an entry needs atomic visibility, not durability (a lost or
+        # torn entry is rebuilt), the pid makes the temporary name unique among writers, and
+        # both calls cost more than building the graph.
+        tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
         try:
-            with os.fdopen(fd, "wb") as fh:
+            with open(tmp, "wb") as fh:
                 fh.write(_encode(arrays))
             os.replace(tmp, path)
         except BaseException:
-            if os.path.exists(tmp):
-                os.unlink(tmp)
+            if tmp.exists():
+                tmp.unlink()
             raise
 
 
@@ -149,13 +157,13 @@ def _consistent(arrays: dict[str, np.ndarray], crystal: Crystal) -> bool:
 
 
 def _build_chunk(crystals: list[Crystal], settings: FeaturizerSettings,
-                 cache_root: str | None) -> list[dict[str, np.ndarray]]:
-    cache = GraphCache(cache_root, settings) if cache_root is not None else None
+                 cache: GraphCache | None, keys: list[str] | None = None,
+                 ) -> list[dict[str, np.ndarray]]:
     out = []
-    for c in crystals:
+    for k, c in enumerate(crystals):
         arrays = graph_arrays(c, settings)
         if cache is not None:
-            cache.put(c, arrays)
+            cache.put(c, arrays, keys[k] if keys is not None else None)
         out.append(arrays)
     return out
 
@@ -166,6 +174,41 @@ def _pool_context():
     # fork shares the already-imported modules (no re-import of pymatgen per worker); the
     # workers only run numpy and pymatgen code, never torch, so forking a torch process is safe.
     return mp.get_context("fork") if "fork" in mp.get_all_start_methods() else mp.get_context()
+
+
+def _build_parallel(crystals: list[Crystal], todo: list[int], arrays: list, settings,
+                    cache: GraphCache | None, keys: list | None, workers: int, size: int,
+                    bar) -> None:
+    """Fill ``arrays[todo]`` with ``workers - 1`` processes plus this one.
+
+    This process takes chunks from the back of the queue while the pool takes them from the
+    front: one fewer process to fork and half the results to pickle, and no core idles while
+    this process waits.
+    """
+    chunks = deque(todo[k:k + size] for k in range(0, len(todo), size))
+    inflight: dict = {}
+
+    def run(chunk: list[int]) -> tuple:
+        return ([crystals[i] for i in chunk], settings, cache,
+                None if keys is None else [keys[i] for i in chunk])
+
+    def store(chunk: list[int], results: list) -> None:
+        for i, a in zip(chunk, results, strict=True):
+            arrays[i] = a
+        bar.update(len(chunk))
+
+    with ProcessPoolExecutor(max_workers=workers - 1, mp_context=_pool_context()) as pool:
+        while chunks or inflight:
+            while chunks and len(inflight) < 2 * (workers - 1):
+                chunk = chunks.popleft()
+                inflight[pool.submit(_build_chunk, *run(chunk))] = chunk
+            for fut in [f for f in inflight if f.done()]:
+                store(inflight.pop(fut), fut.result())
+            if chunks:
+                chunk = chunks.pop()
+                store(chunk, _build_chunk(*run(chunk)))
+            elif inflight:
+                wait(inflight, return_when=FIRST_COMPLETED)
 
 
 def build_graphs(structures: Any, settings: FeaturizerSettings | None = None, *,
@@ -184,9 +227,11 @@ def build_graphs(structures: Any, settings: FeaturizerSettings | None = None, *,
             :class:`~matmeta.io.Crystal` is cheapest).
         settings: featurizer settings (default ``FeaturizerSettings()``).
         cache_dir: folder of the graph cache; ``None`` builds without caching.
-        workers: processes building graphs (1 builds in this process).
+        workers: processes building graphs, this one included (1 builds here only; 2 adds
+            one worker process).
         progress: show a tqdm bar (only on a terminal).
-        chunk_size: structures per task sent to a worker (default: about 8 tasks per worker).
+        chunk_size: structures per task sent to a worker (default: about 8 tasks per worker;
+            without it, fewer than 256 structures are built in this process alone).
         disorder: ``"refuse"`` or ``"majority"`` for partially occupied sites.
 
     Returns:
@@ -201,11 +246,14 @@ def build_graphs(structures: Any, settings: FeaturizerSettings | None = None, *,
     settings = resolve_settings(settings)
     if workers < 1:
         raise InputError(f"workers={workers}: expected at least 1")
-    if isinstance(structures, Sequence) and not isinstance(structures, str) \
-            and len(structures) > 0 and all(isinstance(s, Crystal) for s in structures):
-        crystals = list(structures)
+    items = None
+    if not isinstance(structures, (str, os.PathLike, Crystal)) \
+            and type(structures).__name__ != "DataFrame" and hasattr(structures, "__iter__"):
+        items = list(structures)                # a list, tuple or pandas Series
+    if items and all(isinstance(s, Crystal) for s in items):
+        crystals = items
     else:
-        crystals = read_structures(structures, disorder=disorder)
+        crystals = read_structures(structures if items is None else items, disorder=disorder)
     n = len(crystals)
     if n == 0:
         raise InputError("empty list of structures; expected at least one structure")
@@ -213,26 +261,21 @@ def build_graphs(structures: Any, settings: FeaturizerSettings | None = None, *,
     cache = GraphCache(cache_dir, settings) if cache_dir is not None else None
     bar = tqdm(total=n, desc="graphs", unit="struct", disable=None if progress else True)
     try:
+        keys = None
         if cache is not None:
+            keys = [structure_key(c) for c in crystals]
             for i, c in enumerate(crystals):
-                arrays[i] = cache.get(c)
+                arrays[i] = cache.get(c, keys[i])
             bar.update(sum(a is not None for a in arrays))
         todo = [i for i in range(n) if arrays[i] is None]
-        root = str(cache.root) if cache is not None else None
-        if workers == 1 or len(todo) < 2 * workers:
+        if workers == 1 or (len(todo) < _MIN_PARALLEL and chunk_size is None):
             for i in todo:
-                arrays[i] = _build_chunk([crystals[i]], settings, root)[0]
+                arrays[i] = _build_chunk([crystals[i]], settings, cache,
+                                         None if keys is None else [keys[i]])[0]
                 bar.update(1)
         elif todo:
             size = chunk_size or max(1, math.ceil(len(todo) / (8 * workers)))
-            chunks = [todo[k:k + size] for k in range(0, len(todo), size)]
-            with ProcessPoolExecutor(max_workers=workers, mp_context=_pool_context()) as pool:
-                futures = [pool.submit(_build_chunk, [crystals[i] for i in chunk], settings,
-                                       root) for chunk in chunks]
-                for chunk, fut in zip(chunks, futures, strict=True):
-                    for i, a in zip(chunk, fut.result(), strict=True):
-                        arrays[i] = a
-                    bar.update(len(chunk))
+            _build_parallel(crystals, todo, arrays, settings, cache, keys, workers, size, bar)
     finally:
         bar.close()
     return [graph_from_arrays(a, c.source) for a, c in zip(arrays, crystals, strict=True)]

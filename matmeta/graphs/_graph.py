@@ -26,7 +26,14 @@ __all__ = ["GRAPH_FIELDS", "graph_arrays", "graph_from_arrays", "structure_to_gr
 GRAPH_FIELDS = ("z", "edge_index", "distance", "cell_offset", "pos", "cell", "cutoff_used",
                 "num_truncated", "num_neighbors_before_cap")
 
-_UNSET: Any = object()
+class _FromSettings:
+    """Default marker: take the value from the featurizer settings (cutoff 6.0, cap 12)."""
+
+    def __repr__(self) -> str:
+        return "<from settings>"
+
+
+_UNSET: Any = _FromSettings()
 
 
 def resolve_settings(settings: FeaturizerSettings | None, cutoff: Any = _UNSET,

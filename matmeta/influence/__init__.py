@@ -29,7 +29,7 @@ from matmeta.influence._explain import (
 )
 from matmeta.influence._request import SIGN_CONVENTION, InfluenceRequest
 
-__all__ = sorted([
+__all__ = [
     "DuplicateSampleWarning",
     "ESTIMATORS",
     "InfluenceRequest",
@@ -44,4 +44,4 @@ __all__ = sorted([
     "loo_influence",
     "tracin_influence",
     "unrolled_influence",
-])
+]

@@ -171,6 +171,14 @@ class InfluenceRequest:
         return inner_loop(self.model, self.params, self.with_weight(w),
                           return_trajectory=return_trajectory, **self.inner)
 
+    def check_finite(self, adapted: Params) -> None:
+        """Refuse an adaptation that diverged: influence of a NaN fit means nothing."""
+        bad = [k for k, v in adapted.items() if not bool(torch.isfinite(v).all())]
+        if bad:
+            raise InputError(f"the inner loop diverged (non-finite {bad[0]!r} after "
+                             f"{self.inner['steps']} steps at lr {self.inner['lr']}): lower the "
+                             "inner learning rate")
+
     def objective(self, fast: Params, weight: Tensor) -> Tensor:
         """The inner loop's objective: weighted support loss (+ proximal term) at ``fast``."""
         full = {**self.params, **fast}

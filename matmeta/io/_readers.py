@@ -297,7 +297,7 @@ def _from_text_or_path(text: str, source: str | None, disorder: Disorder) -> lis
 
 def _to_crystals(obj: Any, source: str | None, disorder: Disorder) -> list[Crystal]:
     if isinstance(obj, Crystal):
-        return [obj.with_source(source) if source else obj]
+        return [obj]                            # already named by whoever read it
     if isinstance(obj, (str, os.PathLike)):
         if isinstance(obj, os.PathLike):
             path = Path(obj)
@@ -317,13 +317,21 @@ def _to_crystals(obj: Any, source: str | None, disorder: Disorder) -> list[Cryst
     pmg = sys.modules.get("pymatgen.core.structure")
     if pmg is not None and isinstance(obj, pmg.IStructure | pmg.Structure):
         return [from_pymatgen(obj, source or f"<{cls.__name__} {obj.formula}>", disorder)]
+    if pmg is not None and isinstance(obj, pmg.IMolecule | pmg.Molecule):
+        src = source or f"<{cls.__name__} {obj.formula}>"
+        numbers = [_z_of(getattr(sp, "symbol", "")) for sp in obj.species]
+        if not obj.is_ordered or not all(numbers):
+            raise InputError(f"{src}: disordered or unknown species; expected an ordered "
+                             "molecule of known elements")
+        return [Crystal.from_arrays(numbers, obj.cart_coords, np.zeros((3, 3)), pbc=False,
+                                    source=src)]
     ase_mod = sys.modules.get("ase")
     if ase_mod is not None and isinstance(obj, ase_mod.Atoms):
         return [from_ase(obj, source or f"<Atoms {obj.get_chemical_formula()}>")]
     if module.startswith("pandas") and cls.__name__ == "DataFrame":
         return _from_dataframe(obj, None, disorder, source or "<DataFrame>")
-    if isinstance(obj, (list, tuple)) or (module.startswith(("pandas", "numpy"))
-                                          and hasattr(obj, "__iter__")):
+    if isinstance(obj, (list, tuple)) or (hasattr(obj, "__iter__")
+                                          and not isinstance(obj, (bytes, bytearray))):
         items = list(obj)
         if not items:
             raise InputError(f"{source or 'input'}: empty list of structures; expected at least "

@@ -161,6 +161,8 @@ def read_structure_table(source: str | os.PathLike | pd.DataFrame, *,
     if id_column is not None and id_column not in df.columns:
         raise InputError(f"{name}: no id column {id_column!r}; columns are "
                          f"{list(map(str, df.columns))}")
+    if not isinstance(source, pd.DataFrame):
+        df = _resolve_relative_paths(df, col, Path(source).parent)
     crystals = _from_dataframe(df, col, disorder, name)
     if id_column is not None:
         crystals = [c if _is_file_source(c.source, name) else c.with_source(
@@ -178,6 +180,23 @@ def read_structure_table(source: str | os.PathLike | pd.DataFrame, *,
         out["family"] = family
     out.attrs = {"source": name, "target_columns": targets, "family_column": family_column,
                  "id_column": id_column, "dropped_rows": list(dropped)}
+    return out
+
+
+def _resolve_relative_paths(df: pd.DataFrame, col: str, folder: Path) -> pd.DataFrame:
+    """Structure paths in a table file are relative to that file's folder (as users write them)."""
+    def resolve(value):
+        if isinstance(value, str) and "\n" not in value and len(value) < 1024 \
+                and not Path(value).is_absolute() and not Path(value).exists() \
+                and (folder / value).exists():
+            return str(folder / value)
+        return value
+
+    values = df[col].map(resolve)
+    if values.equals(df[col]):
+        return df
+    out = df.copy()
+    out[col] = values
     return out
 
 

@@ -92,7 +92,7 @@ class KineticsTable:
         out = []
         for key, rows in self.data.groupby(cols, sort=True, dropna=False):
             key = key if isinstance(key, tuple) else (key,)
-            out.append((dict(zip(cols, (_plain(k) for k in key))),
+            out.append((dict(zip(cols, (_plain(k) for k in key), strict=False)),
                         rows.sort_values("time_s", kind="stable")))
         return out
 
@@ -133,8 +133,9 @@ def _time_column(columns: Sequence[str], time_unit: str | None, src: str) -> tup
                 continue  # e.g. "time_stamp": not a time with a unit
             found.append((c, _UNIT_WORDS.get(word)))
     if not found:
+        found_cols = ", ".join(map(str, columns))
         raise InputError(f"{src}: missing required time column: expected time_s, time_min, "
-                         f"time_h or time with --time-unit (columns found: {', '.join(map(str, columns))})")
+                         f"time_h or time with --time-unit (columns found: {found_cols})")
     if len(found) > 1:
         raise InputError(f"{src}: several time columns ({', '.join(c for c, _ in found)}); "
                          "keep one")

@@ -299,4 +299,10 @@ def _composition(formula: str, cls: Any) -> Any:
         raise InputError(f"formula {formula!r}: not a chemical formula ({exc})") from exc
     if len(comp.elements) == 0:
         raise InputError(f"formula {formula!r}: no elements")
+    from pymatgen.core.periodic_table import DummySpecies
+
+    dummies = [str(e.symbol) for e in comp.elements if isinstance(e, DummySpecies)]
+    if dummies:
+        raise InputError(f"formula {formula!r}: not a chemical formula ({', '.join(dummies)} "
+                         "is not an element)")
     return comp

@@ -223,7 +223,8 @@ def encode_compositions(
             raise InputError(f"{source}: no 'fractions' column; expected a table from "
                              "read_alloy_table")
         row_ids = list(table["row"]) if "row" in table.columns else list(table.index)
-        fractions = list(table["fractions"])
+        fractions = [_checked_fractions(f, source, r)
+                     for f, r in zip(table["fractions"], row_ids, strict=True)]
     else:
         source = "<compositions>"
         items = list(table)
@@ -271,7 +272,11 @@ def encode_compositions(
             raise InputError(f"{source}: no process column {col!r}; the model was trained with "
                              f"{[p['column'] for p in process]}")
         if s["kind"] == "numeric":
-            x = np.asarray(table[col], dtype=float)
+            try:
+                x = np.asarray(table[col], dtype=float)
+            except (TypeError, ValueError) as exc:
+                raise InputError(f"{source}, column {col!r}: not all numbers ({exc}); expected "
+                                 "numbers (read the table with read_alloy_table)") from exc
             bad = ~np.isfinite(x)
             if bad.any():
                 i = int(np.flatnonzero(bad)[0])
@@ -299,6 +304,26 @@ def encode_compositions(
         fraction=torch.as_tensor(frac, dtype=dtype, device=device),
         process=torch.as_tensor(proc, dtype=dtype, device=device),
     )
+
+
+def _checked_fractions(fractions: Any, source: str, row: Any) -> dict[str, float]:
+    """A ``fractions`` cell must be what read_alloy_table writes: symbols -> fractions summing
+    to 1 (a hand-made table may hold anything)."""
+    from pymatgen.core import Element
+
+    ok = isinstance(fractions, Mapping) and len(fractions) > 0
+    if ok:
+        try:
+            values = [float(v) for v in fractions.values()]
+        except (TypeError, ValueError):
+            values = [math.nan]
+        ok = (all(isinstance(el, str) and Element.is_valid_symbol(el) for el in fractions)
+              and all(v > 0 for v in values) and abs(sum(values) - 1.0) < 1e-6)
+    if not ok:
+        raise InputError(f"{where(source, row, 'fractions')}{str(fractions)[:80]!r}; expected "
+                         "{element symbol: positive atomic fraction} summing to 1 "
+                         "(read the table with read_alloy_table)")
+    return dict(fractions)
 
 
 def _normalised(amounts: Any, source: str, row: int) -> dict[str, float]:
@@ -331,7 +356,10 @@ class CompositionModel:
     Unknown elements: ``E`` has one row per element in ``elements`` (the training vocabulary).
     Any other element's embedding is exactly zero and receives no gradient (it is untrained), so
     such an alloy is described by its other elements' embeddings, diluted by its fraction, and by
-    the descriptors, which cover every element; :func:`encode_compositions` warns about it.
+    the descriptors, which cover every element; :func:`encode_compositions` warns about it. With
+    ``elements=None`` every element has a row, so an element absent from the training data keeps
+    its random initial row and no warning is possible: build the model with
+    :meth:`for_table` (or pass the training elements) to get the zero-and-warn behaviour.
 
     Example:
         >>> model = CompositionModel(elements=["Al", "Co", "Cr", "Fe", "Ni"], hidden=32)
@@ -339,7 +367,8 @@ class CompositionModel:
         >>> model.forward(params, encode_compositions(["Al0.5CoCrFeNi"], model))   # (1,)
 
     Args:
-        elements: symbols with a learned embedding (default: every element 1..118).
+        elements: symbols with a learned embedding, normally the training elements (default:
+            every element 1..118; see "Unknown elements" above).
         embedding_dim: width of the learned embeddings; 0 switches them off.
         descriptors: names from :data:`DESCRIPTORS`; an empty list switches them off.
         process: process encoding from :func:`fit_process_encoding` (default: none).
@@ -382,6 +411,9 @@ class CompositionModel:
             raise InputError(f"CompositionModel dtype {dtype!r}: expected 'float32' or 'float64'")
         self.elements = sorted(set(elements), key=lambda s: Element(s).Z)
         self.embedding_dim = int(embedding_dim)
+        if self.embedding_dim and not self.elements:
+            raise InputError("CompositionModel elements: empty; expected the training elements "
+                             "(or embedding_dim=0 for descriptors only)")
         self.descriptors = tuple(descriptors)
         self.process = [dict(s) for s in (process or [])]
         for s in self.process:

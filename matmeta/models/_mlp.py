@@ -36,6 +36,8 @@ class MLP:
 
     Shapes:
         inputs: (n, in_dim), or (n,) when ``in_dim == 1``; output: (n,).
+        With per-task parameters (a leading axis T on every tensor): inputs (T, n, in_dim),
+        output (T, n).
     """
 
     name = "mlp"
@@ -81,11 +83,14 @@ class MLP:
         return params
 
     def forward(self, params: Params, inputs: Tensor) -> Tensor:
-        h = inputs.unsqueeze(-1) if inputs.dim() == 1 else inputs
+        if inputs.dim() == 1 or (self.in_dim == 1 and inputs.shape[-1] != 1):
+            inputs = inputs.unsqueeze(-1)
+        h = inputs
         act = _ACTIVATIONS[self.activation]
         n_layers = len(self._widths) - 1
         for i in range(n_layers):
-            h = h @ params[f"layers.{i}.weight"].T + params[f"layers.{i}.bias"]
+            w, b = params[f"layers.{i}.weight"], params[f"layers.{i}.bias"]
+            h = h @ w.transpose(-1, -2) + b.unsqueeze(-2)
             if i < n_layers - 1:
                 h = act(h)
         return h.squeeze(-1)

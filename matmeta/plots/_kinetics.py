@@ -101,7 +101,7 @@ def plot_jmak_fits(curves: list[KineticsCurve], result, title: str | None = None
     """Data (error bars from ``fraction_std``), fitted JMAK curve and 95% confidence band, one
     panel per curve, time on a log axis in seconds."""
     fig, axes = _axes_grid(len(curves))
-    for ax, c in zip(axes, curves):
+    for ax, c in zip(axes, curves, strict=False):
         t = _grid(c)
         f, half = jmak_band(result, c, t)
         ax.fill_between(t, f - half, f + half, color="C0", alpha=0.25, lw=0, label="95% band")
@@ -137,7 +137,7 @@ def plot_avrami(curves: list[KineticsCurve], result, title: str | None = None) -
         if model.name == "arrhenius_jmak":
             temp = torch.tensor([float(c.temperature_K)], dtype=torch.float64)
             ln_k = float(model.ln_k(params, temp)[0])
-            n = float(model._n(params, temp)[0])
+            n = float(model._n(params, temp).reshape(-1)[0])
         else:
             ln_k, n = float(params["ln_k"]), float(phys["n"])
         y = c.fraction / fmax

@@ -17,6 +17,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from matmeta._version import __version__
 from matmeta.errors import CheckpointError
 from matmeta.graphs._batch import GraphBatch, collate
 from matmeta.graphs._settings import FeaturizerSettings
@@ -88,6 +89,7 @@ class PropertyPredictor:
             "target": self.target,
             "metrics": self.metrics,
             "info": self.info,
+            "matmeta_version": __version__,
         }
         return save_model(path, self.model, self.params, extra=extra, kind="model")
 

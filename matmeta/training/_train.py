@@ -46,8 +46,12 @@ class TrainSettings:
         final_lr_ratio: learning rate at the end of the cosine, as a fraction of ``lr``.
         patience: stop after this many epochs without a better validation MAE (0: never).
         loss: ``"mse"``, ``"l1"`` or ``"huber"`` (delta 1 in the transformed space).
-        time_limit_s: stop after this many seconds of training (None: no limit); the best
-            parameters so far are kept.
+        time_limit_s: training budget in seconds (None: no limit). The run stops when it is
+            spent (the best parameters so far are kept), and the warm-up + cosine schedule
+            follows whichever is further along, epochs or budget, so a run cut short by the
+            budget still anneals its learning rate (a shared machine's load then changes the
+            number of epochs, not the shape of the schedule).
+        time_clock: ``"wall"`` (default) or ``"cpu"`` (this process's CPU time) for the budget.
         grad_clip: clip the gradient norm to this value (None: off).
     """
 
@@ -60,6 +64,7 @@ class TrainSettings:
     patience: int = 30
     loss: str = "mse"
     time_limit_s: float | None = None
+    time_clock: str = "wall"
     grad_clip: float | None = 10.0
 
     def __post_init__(self) -> None:
@@ -67,6 +72,10 @@ class TrainSettings:
             raise InputError(f"epochs={self.epochs}, batch_size={self.batch_size}: expected >= 1")
         if not self.lr > 0:
             raise InputError(f"lr={self.lr}: expected a positive learning rate")
+        if self.time_clock not in ("wall", "cpu"):
+            raise InputError(f"time_clock {self.time_clock!r}: expected 'wall' or 'cpu'")
+        if self.time_limit_s is not None and not self.time_limit_s > 0:
+            raise InputError(f"time limit {self.time_limit_s} s: expected a positive duration")
         if self.loss not in _LOSSES:
             raise InputError(f"loss {self.loss!r}: expected one of {_LOSSES}")
 
@@ -187,11 +196,20 @@ def train_property_model(
     total = opts.epochs * steps_per_epoch
     warm = max(1, int(opts.warmup_epochs * steps_per_epoch))
 
+    clock = time.perf_counter if opts.time_clock == "wall" else time.process_time
+    start = clock()
+
+    def progress_at(step: int) -> float:
+        done = (step - warm) / max(1, total - warm)
+        if opts.time_limit_s is not None:
+            done = max(done, (clock() - start) / opts.time_limit_s)
+        return min(1.0, done)
+
     def lr_factor(step: int) -> float:
         if step < warm:
             return (step + 1) / warm
-        t = min(1.0, (step - warm) / max(1, total - warm))
-        return opts.final_lr_ratio + (1 - opts.final_lr_ratio) * 0.5 * (1 + math.cos(math.pi * t))
+        cos = 0.5 * (1 + math.cos(math.pi * progress_at(step)))
+        return opts.final_lr_ratio + (1 - opts.final_lr_ratio) * cos
 
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimiser, lr_factor)
     # Validation batches never change: collate them once.
@@ -205,7 +223,7 @@ def train_property_model(
     show = sys.stderr.isatty() if progress is None else progress
     bar = tqdm(range(1, opts.epochs + 1), desc=f"train {target}", unit="epoch", disable=not show,
                leave=False)
-    start = time.perf_counter()
+    start = clock()
     order_gen = torch.Generator().manual_seed(seed + 1)
     for epoch in bar:
         perm = tr[torch.randperm(len(tr), generator=order_gen).numpy()]
@@ -235,7 +253,7 @@ def train_property_model(
         else:  # no validation split: keep the last epoch
             val_loss = val_mae = float("nan")
             score = float(-epoch)
-        elapsed = time.perf_counter() - start
+        elapsed = clock() - start
         for k, v in zip(history, (epoch, train_loss, val_loss, val_mae,
                                   scheduler.get_last_lr()[0], elapsed), strict=True):
             history[k].append(float(v))

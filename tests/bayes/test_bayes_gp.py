@@ -278,3 +278,22 @@ def test_heads_run_on_cuda_and_match_cpu():
         cpu = head(X, y).predict(X[:3])
         gpu = head(X.cuda(), y.cuda()).predict(X[:3].cuda())
         torch.testing.assert_close(tuple(t.cpu() for t in gpu), cpu, rtol=1e-6, atol=1e-8)
+
+
+def test_gradient_reaches_a_meta_learned_hyperparameter_start():
+    X, y = make_task(k=8, seed=11)
+    Q = X[:3] + 0.2
+    init = torch.tensor([1.5, 0.5, 0.1, 0.05], dtype=F64)
+    names = ["lengthscale", "signal_var", "linear_var", "noise_var"]
+
+    def loss(v):
+        post = fit_gp(X, y, init=dict(zip(names, v, strict=True)), steps=30)
+        mean, std = post.predict(Q)
+        return (mean**2).sum() + std.sum()
+
+    vg = init.clone().requires_grad_(True)
+    (g,) = torch.autograd.grad(loss(vg), vg)
+    d = torch.tensor([0.3, -0.2, 0.5, 0.1], dtype=F64)
+    eps = 1e-6
+    fd = (loss(init + eps * d) - loss(init - eps * d)) / (2 * eps)
+    assert float((g * d).sum()) == pytest.approx(float(fd), rel=1e-5, abs=1e-8)

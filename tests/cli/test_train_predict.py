@@ -147,3 +147,13 @@ def test_bad_input_gives_one_line_errors(table, trained, tmp_path, capsys):
 
     err = _error(capsys, ["predict", "--model", str(tmp_path / "missing.pt"), str(empty)])
     assert "missing.pt" in err
+
+
+def test_train_on_a_builtin_dataset(tmp_path, capsys):
+    out = tmp_path / "emt.pt"
+    assert main(["train", "--builtin", "emt_binary_alloys", "--log-target", "--split", "family",
+                 "--epochs", "2", "--no-plots", "--out", str(out), *FAST[2:]]) == 0
+    printed = capsys.readouterr().out
+    assert "154 structures" in printed and "log10: MAE=" in printed
+    pred = load_predictor(out)
+    assert pred.target == "bulk_modulus_GPa" and pred.info["data"] == "emt_binary_alloys"

@@ -12,7 +12,7 @@ import torch
 from scipy.optimize import curve_fit, minimize
 
 from matmeta.errors import InputError
-from matmeta.fitting import fit_curves, fit_jmak, levenberg_marquardt
+from matmeta.fitting import fit_curves, fit_jmak, levenberg_marquardt, normal_equations
 from matmeta.models.parametric import JMAK, Arrhenius, ArrheniusJMAK, Prior
 from tests.helpers import shared_dataset
 
@@ -72,7 +72,7 @@ def test_lm_solves_linear_least_squares_exactly():
 
     def fn(theta, x, y):
         r = theta[:, :1] + theta[:, 1:2] * x + theta[:, 2:3] * x**2 - y
-        return r, torch.stack([torch.ones_like(x), x, x**2], dim=1)
+        return normal_equations(r, torch.stack([torch.ones_like(x), x, x**2], dim=1))
 
     res = levenberg_marquardt(fn, torch.zeros(50, 3, dtype=F64), (x, y), ftol=1e-15, xtol=1e-15)
     assert bool(res.converged.all())
@@ -127,7 +127,8 @@ def test_time_unit_argument_gives_seconds():
 def test_every_tungsten_curve_converges_and_matches_or_beats_scipy():
     curves = tungsten_curves()
     res = fit_jmak([c[1] for c in curves], [c[2] for c in curves])
-    assert bool(res.converged.all()), [c[0] for c, ok in zip(curves, res.converged) if not ok]
+    assert bool(res.converged.all()), [c[0] for c, ok in zip(curves, res.converged, strict=True)
+                                       if not ok]
     poor = res.poorly_determined
     close = 0
     for i, (key, t, f, _) in enumerate(curves):
@@ -291,7 +292,8 @@ def test_all_multistart_modes_agree_on_clean_curves():
     model = JMAK()
     t = [np.geomspace(10, 1e4, 9) for _ in range(5)]
     f = [model.forward(model.from_physical(k_per_s=k, n=n), torch.as_tensor(tt)).numpy()
-         for tt, (k, n) in zip(t, [(1e-3, 1), (3e-3, 2), (1e-2, 3), (5e-4, 0.7), (2e-3, 4)])]
+         for tt, (k, n) in zip(t, [(1e-3, 1), (3e-3, 2), (1e-2, 3), (5e-4, 0.7), (2e-3, 4)],
+                               strict=True)]
     a = fit_curves(model, t, f, multistart="all")
     b = fit_curves(model, t, f, multistart="adaptive")
     torch.testing.assert_close(a.theta, b.theta, rtol=1e-6, atol=1e-8)
@@ -306,3 +308,27 @@ def test_same_fit_on_gpu():
     cpu = fit_jmak(t, f)
     gpu = fit_jmak(t, f, device="cuda")
     torch.testing.assert_close(gpu.theta.cpu(), cpu.theta, rtol=1e-8, atol=1e-10)
+
+
+def test_zero_weight_is_exact_deletion():
+    rng = np.random.default_rng(5)
+    t = np.geomspace(30, 3000, 10)
+    f = 1 - np.exp(-((2e-3 * t) ** 1.8)) + 0.02 * rng.normal(size=10)
+    w = np.ones(10)
+    w[4] = 0.0
+    with_zero = fit_jmak(t, f, weight=w)
+    without = fit_jmak(np.delete(t, 4), np.delete(f, 4))
+    torch.testing.assert_close(with_zero.theta, without.theta, rtol=1e-7, atol=1e-9)
+    torch.testing.assert_close(with_zero.cov, without.cov, rtol=1e-6, atol=1e-12)
+    assert int(with_zero.n_points[0]) == 9
+
+
+def test_padded_tensor_input_equals_list_input():
+    t = [np.geomspace(10, 1e4, 6), np.geomspace(10, 1e4, 9)]
+    f = [1 - np.exp(-((1e-3 * tt) ** 2)) for tt in t]
+    from matmeta.fitting import pad_curves
+
+    x, y, w, _ = pad_curves(t, f)
+    a = fit_curves(JMAK(), t, f)
+    b = fit_curves(JMAK(), x, y, weight=w)
+    torch.testing.assert_close(a.theta, b.theta)

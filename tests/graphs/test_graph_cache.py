@@ -49,6 +49,14 @@ def test_second_run_reads_the_cache(tmp_path, monkeypatch):
         assert b.source == c.source
 
 
+def test_a_table_column_keeps_each_structure_name():
+    import pandas as pd
+
+    crystals = _crystals(3)
+    graphs = build_graphs(pd.Series(crystals), workers=1, progress=False)
+    assert [g.source for g in graphs] == ["s0", "s1", "s2"]
+
+
 def test_settings_change_misses_the_cache(tmp_path):
     crystals = _crystals(3)
     build_graphs(crystals, FeaturizerSettings(cutoff=5.0), cache_dir=tmp_path, workers=1,

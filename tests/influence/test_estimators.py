@@ -22,7 +22,7 @@ from matmeta.models import Samples
 from matmeta.models._mlp import MLP
 from tests.influence._models import F64, Linear, linear_data
 
-CONVERGED = {"steps": 100, "lr": 0.45}
+CONVERGED = {"steps": 160, "lr": 0.45}
 
 
 def _ols_reference(support: Samples):

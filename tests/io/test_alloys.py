@@ -229,3 +229,6 @@ def test_mpea_yield_strength_table():
     for text, fam in zip(df["composition"][:50], df["family"][:50], strict=True):
         assert fam == "-".join(sorted(e.symbol for e in Composition(text).elements))
     assert not math.isnan(df[cols["yield_strength_MPa"]].sum())
+    hv = read_alloy_table(path, cols["composition"], cols["hardness_HV"],
+                          drop_missing_target=True, duplicates="mean")
+    assert hv["n_measurements"].sum() == int(raw[cols["hardness_HV"]].notna().sum())

@@ -154,3 +154,12 @@ def test_crystal_round_trips_to_pymatgen_and_ase():
     _same_structure(read_structure(c.to_pymatgen()), atoms)
     _same_structure(read_structure(c.to_ase()), atoms)
     assert c.formula == "Na2Cl2"
+
+
+def test_pymatgen_molecule_and_generators():
+    from pymatgen.core import Molecule
+
+    m = Molecule(["C", "O"], [[0, 0, 0], [0, 0, 1.13]])
+    (c,) = read_structures(x for x in [m])
+    assert c.numbers.tolist() == [6, 8] and not c.pbc.any() and c.volume == 0.0
+    np.testing.assert_allclose(c.positions, m.cart_coords)

@@ -67,3 +67,16 @@ def test_family_column_is_copied_and_checked(tmp_path):
     df = read_structure_table(path, structure_column="s", target_column="B_GPa",
                               family_column="host")
     assert df["family"].tolist() == ["Cu"] and df["B_GPa"].tolist() == [140.5]
+
+
+def test_paths_in_a_table_are_relative_to_the_table(tmp_path):
+    import ase.io
+    from ase.build import bulk
+
+    (tmp_path / "cells").mkdir()
+    ase.io.write(tmp_path / "cells" / "Cu.cif", bulk("Cu", "fcc", a=3.6))
+    table = tmp_path / "t.csv"
+    pd.DataFrame({"file": ["cells/Cu.cif"], "B_GPa": [140.0]}).to_csv(table, index=False)
+    df = read_structure_table(table, target_column="B_GPa")
+    c = df["structure"].iloc[0]
+    assert c.numbers.tolist() == [29] and c.source == str(tmp_path / "cells" / "Cu.cif")

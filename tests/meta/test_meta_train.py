@@ -239,3 +239,46 @@ def test_outer_update_matches_torch_optim_with_clipping_and_cosine(kind):
         ours, state = outer_update(ours, grads, state, tr)
     for leaf, k in zip(leaves, params, strict=True):
         torch.testing.assert_close(ours[k], leaf.detach(), rtol=1e-6, atol=1e-9)
+
+
+def _salt_table(path: Path) -> Path:
+    import io
+    import json
+
+    from ase.build import bulk
+    from ase.io import write
+
+    rows = []
+    for fam, (a_el, b_el) in enumerate([("Na", "Cl"), ("K", "Br"), ("Mg", "O"), ("Li", "F")]):
+        for j in range(5):
+            a = 4.0 + 0.1 * j + 0.3 * fam
+            buf = io.BytesIO()
+            write(buf, bulk(a_el + b_el, "rocksalt", a=a), format="cif")
+            rows.append({"structure": buf.getvalue().decode(), "K_GPa": 3000.0 / a**3,
+                         "family": b_el})
+    path.write_text(json.dumps(rows))
+    return path
+
+
+def test_cli_gnn_records_featurizer_and_refuses_another_on_resume(tmp_path, capsys):
+    data = _salt_table(tmp_path / "salts.json")
+    out = tmp_path / "gnn.pt"
+    args = ["meta-train", "--data", str(data), "--model", "gnn", "--target", "K_GPa",
+            "--algorithm", "anil", "--k-shot", "2", "--q-query", "3", "--meta-batch", "2",
+            "--steps", "2", "--inner-steps", "1", "--hidden", "8", "--val-families", "Br",
+            "--device", "cpu", "--no-progress", "--out", str(out)]
+    cfg = tmp_path / "f.toml"
+    cfg.write_text("[featurizer]\ncutoff = 5.0\nn_basis = 8\n[model]\nn_conv = 1\n")
+    assert main([*args, "--config", str(cfg)]) == 0
+    ck = load_meta(out)
+    assert ck.extra["featurizer"]["cutoff"] == 5.0 and ck.model.n_basis == 8
+    assert ck.extra["target_transform"]["kind"] == "log10_standardize"
+    assert ck.inner["trainable"] == ck.model.head_names()
+    assert ck.extra["families"]["val"] == ["Br"]
+    before = out.read_bytes()
+    capsys.readouterr()
+    cfg.write_text("[featurizer]\ncutoff = 5.5\nn_basis = 8\n[model]\nn_conv = 1\n")
+    assert main([*args, "--config", str(cfg), "--resume", "--steps", "4"]) == 2
+    err = capsys.readouterr().err
+    assert "featurizer" in err and "cannot resume" in err and err.count("\n") == 1
+    assert out.read_bytes() == before

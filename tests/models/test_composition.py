@@ -8,7 +8,7 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
-from pymatgen.core import Element
+from pymatgen.core import Composition, Element
 
 from matmeta.errors import InputError
 from matmeta.io.alloys import MPEA_COLUMNS, read_alloy_table
@@ -80,6 +80,29 @@ def test_vec_descriptor_is_the_alloy_valence_electron_count():
         assert table[Element(sym).Z][0] == vec
     assert table[28][1] == pytest.approx(float(Element("Ni").X))
     assert table[28][2] == pytest.approx(float(Element("Ni").atomic_mass))
+
+
+def test_descriptor_mean_and_spread_by_hand():
+    names = ("radius_A", "valence_electrons")
+    model = CompositionModel(embedding_dim=0, descriptors=names, hidden=4, depth=0,
+                             activation="tanh", dtype="float64")
+    params = model.init_params()
+    params["input.weight"] = torch.eye(4, dtype=torch.float64)
+    params["input.bias"] = torch.zeros(4, dtype=torch.float64)
+    alloys = ["Al0.5CoCrFeNi", "Hf20Nb20Ta20Ti20Zr20", "Ni"]
+    x = torch.atanh(model.features(params, encode_compositions(alloys, dtype=torch.float64)))
+    table = np.array(element_descriptor_table(names), dtype=float)[1:]
+    mu, sigma = np.nanmean(table, axis=0), np.nanstd(table, axis=0)
+    for i, text in enumerate(alloys):
+        comp = {el.symbol: float(f) for el, f in
+                Composition(text).fractional_composition.items()}
+        f = np.array(list(comp.values()))
+        raw = np.array([[Element(el).metallic_radius, Element(el).group if Element(el).group <= 12
+                         else Element(el).group - 10] for el in comp], dtype=float)
+        mean = f @ raw
+        std = np.sqrt(f @ (raw - mean) ** 2)
+        np.testing.assert_allclose(x[i, :2].numpy(), (mean - mu) / sigma, rtol=1e-9)
+        np.testing.assert_allclose(x[i, 2:].numpy(), std / sigma, rtol=1e-6, atol=1e-5)
 
 
 # ----------------------------------------------------------------------------- invariances
@@ -163,6 +186,30 @@ def test_second_order_maml_through_the_inner_loop(table):
     eps = 1e-6
     fd = (outer({**params, k: params[k] + eps * v}) - outer({**params, k: params[k] - eps * v}))
     assert float((g_second[k] * v).sum()) == pytest.approx(float(fd) / (2 * eps), rel=1e-5)
+
+
+def test_second_order_maml_vmapped_over_tasks_equals_a_loop(table):
+    model, params, x = setup64(table)
+    y = torch.linspace(-1, 1, 8, dtype=torch.float64)
+
+    def split(t):
+        return t.reshape(2, 4, *t.shape[1:])
+
+    tasks = Samples(CompositionInputs(split(x.z), split(x.fraction), split(x.process)), split(y),
+                    torch.ones(2, 4, dtype=torch.float64))
+
+    def task_grad(p, task):
+        def outer(q):
+            fast = inner_loop(model, q, task, steps=2, lr=0.05)
+            return sample_loss(model, fast, Samples(task.inputs, -task.y, task.weight))
+        return torch.func.grad(outer)(p)
+
+    batched = torch.func.vmap(task_grad, in_dims=(None, 0))(params, tasks)
+    for i in range(2):
+        one = Samples(CompositionInputs(*(t[i] for t in tasks.inputs)), tasks.y[i],
+                      tasks.weight[i])
+        assert_tree_close({k: g[i] for k, g in batched.items()}, task_grad(params, one),
+                          rtol=1e-9, atol=1e-12)
 
 
 def test_vmap_over_stacked_params_equals_a_loop(table):
@@ -274,6 +321,15 @@ def test_bad_encoding_inputs(table):
         encode_compositions(["CoCr", "CoQ"])
     with pytest.raises(InputError, match="expected a composition string or a"):
         encode_compositions([3.0])
+    for bad in ({"Co": 0.5}, {"Qq": 1.0}, {"Co": -0.5, "Ni": 1.5}, "CoNi", {}):
+        hand = table.copy()
+        hand["fractions"] = [bad] + list(hand["fractions"][1:])
+        with pytest.raises(InputError, match=r"row 2, column 'fractions': .*summing to 1"):
+            encode_compositions(hand, model)
+    text = table.copy()
+    text["T_C"] = ["hot"] + list(text["T_C"][1:])
+    with pytest.raises(InputError, match=r"column 'T_C': not all numbers"):
+        encode_compositions(text, model)
     with pytest.raises(InputError, match="no 'fractions' column"):
         encode_compositions(pd.DataFrame({"formula": ["CoCr"]}))
 
@@ -289,6 +345,7 @@ def test_wrong_process_width_is_an_input_error(table):
 
 @pytest.mark.parametrize("kwargs, says", [
     ({"elements": ["Co", "Qq"]}, "'Qq' is not an element symbol"),
+    ({"elements": []}, "elements: empty"),
     ({"activation": "relu6"}, "activation 'relu6'"),
     ({"dtype": "float16"}, "dtype 'float16'"),
     ({"hidden": 0}, "hidden >= 1"),

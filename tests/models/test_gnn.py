@@ -213,3 +213,29 @@ def test_predictor_refuses_mismatched_featurizer_settings(tmp_path):
     graphs = [ase_graph(a) for a in crystals()]
     np.testing.assert_allclose(again.predict_graphs(graphs), pred.predict_graphs(graphs),
                                rtol=1e-6)
+
+
+def test_symmetries_hold_through_the_projects_capped_graphs():
+    """The same checks with matmeta's own graphs (12 nearest neighbours, cutoff 6 A)."""
+    from matmeta.graphs import structure_to_graph
+
+    settings = FeaturizerSettings(n_basis=SETTINGS.n_basis)
+    model = small_model()
+    params = params64(model)
+
+    def predict(atoms_list):
+        graphs = [structure_to_graph(a, settings=settings) for a in atoms_list]
+        return model.forward(params, collate(graphs, settings, dtype=torch.float64))
+
+    atoms = crystals()
+    base = predict(atoms)
+    moved = []
+    for k, a in enumerate(atoms):
+        b = a.copy()
+        rot = _rotation(10 + k)
+        b.set_cell(a.cell.array @ rot.T, scale_atoms=False)
+        b.positions = a.positions @ rot.T + np.array([-2.1, 0.4, 1.7])
+        moved.append(b[np.random.default_rng(k).permutation(len(b))])
+    torch.testing.assert_close(predict(moved), base, rtol=1e-9, atol=1e-9)
+    torch.testing.assert_close(predict([a.repeat((2, 2, 2)) for a in atoms]), base, rtol=1e-9,
+                               atol=1e-9)

@@ -235,3 +235,41 @@ def test_birch_murnaghan_fit_matches_ase_eos(symbol, a0):
                                             B0_prime=eos.eos_parameters[2])
     ours = BirchMurnaghan().forward(params, torch.as_tensor(v, dtype=F64)).numpy()
     np.testing.assert_allclose(ours, eos.func(v, *eos.eos_parameters), atol=1e-9)
+
+
+def test_jmak_goes_through_the_one_inner_loop_with_second_order_gradients():
+    from matmeta.meta import inner_loop
+    from matmeta.models import Samples, sample_loss
+
+    model = JMAK(fit_fmax=True)
+    t = torch.tensor([100.0, 300.0, 1000.0, 3000.0], dtype=F64)
+    truth = model.from_physical(k_per_s=1e-3, n=1.5, f_max=0.8)
+    support = Samples(t, model.forward(truth, t))
+    start = {k: v.clone().requires_grad_() for k, v in
+             model.from_physical(k_per_s=2e-3, n=1.0, f_max=0.7).items()}
+    adapted = inner_loop(model, start, support, steps=3, lr=0.5)
+    loss = sample_loss(model, adapted, support)
+    grads = torch.autograd.grad(loss, list(start.values()))
+    assert all(torch.isfinite(g).all() and g.abs().sum() > 0 for g in grads)
+    assert float(loss) < float(sample_loss(model, start, support))
+    # meta-batch of tasks through vmap, as the meta-learners do
+    batched = {k: v.detach().expand(5).clone() for k, v in start.items()}
+    losses = torch.func.vmap(lambda p: sample_loss(model, p, support))(batched)
+    assert losses.shape == (5,) and torch.allclose(losses, losses[0].expand(5))
+
+
+@pytest.mark.parametrize("shared_n,fit_fmax", [(True, False), (False, True)])
+def test_arrhenius_jmak_closed_form_jacobian_matches_autodiff(shared_n, fit_fmax):
+    from matmeta.models.parametric import ParametricModel
+
+    model = ArrheniusJMAK(temperatures_K=[1400.0, 1500.0], shared_n=shared_n, fit_fmax=fit_fmax)
+    phys = {"k0_per_s": 1e10, "Q_kJ_per_mol": 350.0,
+            "n": 2.0 if shared_n else torch.tensor([1.5, 2.5]), "f_max": 0.8}
+    params = model.from_physical(**{s.physical_name: phys[s.physical_name] for s in model.specs})
+    theta = model.flatten(params)[None]
+    t = torch.tensor([0.0, 10.0, 1e2, 1e3, 1e4, 1e5], dtype=F64)
+    x = torch.stack([t.repeat(2), torch.tensor([1400.0] * 6 + [1500.0] * 6, dtype=F64)], -1)[None]
+    f1, j1 = model.value_and_jacobian(theta, x)
+    f2, j2 = ParametricModel.value_and_jacobian(model, theta, x)
+    torch.testing.assert_close(f1, f2)
+    torch.testing.assert_close(j1, j2, atol=1e-12, rtol=1e-9)

@@ -105,7 +105,8 @@ class ParamSpec:
             bad = bad | (value <= 0).any() | (value >= 1).any()
         if bool(bad):
             domain = {"log": "> 0", "logit": "in (0, 1)", "none": "finite"}[self.transform]
-            raise InputError(f"{self.physical_name}: expected a value {domain}, got {value.tolist()}")
+            raise InputError(f"{self.physical_name}: expected a value {domain}, "
+                             f"got {value.tolist()}")
 
 
 @dataclass
@@ -145,7 +146,8 @@ class Prior:
         _, info = torch.linalg.cholesky_ex(self.cov)
         if int(info) != 0:
             raise InputError(f"prior for {self.model!r}: cov must be positive definite")
-        if self.noise_std is not None and not (self.noise_std > 0 and math.isfinite(self.noise_std)):
+        ok_noise = self.noise_std is None or (self.noise_std > 0 and math.isfinite(self.noise_std))
+        if not ok_noise:
             raise InputError(f"prior for {self.model!r}: noise_std must be positive")
 
     @classmethod
@@ -417,7 +419,11 @@ class ParametricModel:
             return self.forward(self.unflatten(th), x)
 
         def fj(th: Tensor, x: Any) -> tuple[Tensor, Tensor]:
-            jac, val = torch.func.jacfwd(lambda t: (f(t, x), f(t, x)), has_aux=True)(th)
+            def with_aux(t: Tensor) -> tuple[Tensor, Tensor]:
+                y = f(t, x)
+                return y, y
+
+            jac, val = torch.func.jacfwd(with_aux, has_aux=True)(th)
             return val, jac
 
         return torch.func.vmap(fj)(theta, inputs)
@@ -431,6 +437,12 @@ class ParametricModel:
         (the fitter's hot loop)."""
         f, jac = self.value_and_jacobian(theta, prepared)
         return f, jac.transpose(1, 2)
+
+    def fit_normal_equations(self, theta: Tensor, prepared: Any, y: Tensor, sqrt_w: Tensor
+                             ) -> tuple[Tensor, Tensor, Tensor] | None:
+        """Optionally fused ``(sum(r^2), J^T J, J^T r)`` for ``r = sqrt_w (f - y)``; None (the
+        default) makes the fitter build them from :meth:`fit_value_and_jacobian`."""
+        return None
 
     def initial_guesses(self, inputs: Any, y: Tensor, weight: Tensor | None = None) -> Tensor:
         """Starting points for a multi-start fit: (B, S, P) for batched padded curves.

@@ -1,0 +1,328 @@
+"""``matmeta evaluate``: leave-families-out k-shot evaluation of meta-learning vs baselines."""
+
+from __future__ import annotations
+
+import argparse
+
+from matmeta.cli.common import add_runtime_options
+
+EPILOG = """\
+methods (all that apply by default; --methods picks some):
+  meta         meta-learned initialisation adapted on the support set (steps and inner-rate
+               scale chosen on meta-validation families)
+  meta_init    meta-learned initialisation, no adaptation
+  pretrained   same architecture trained on all meta-train families pooled, no adaptation
+  finetune     pretrained, then SGD on the support set (steps, rate chosen on validation)
+  offset       pretrained plus the mean support residual shrunk toward zero (shrinkage chosen
+               on validation)
+  scratch      fresh initialisation trained on the support set only
+  independent  kinetics: a Levenberg-Marquardt fit of each task's support points (k >= 2)
+  map          kinetics: MAP fit, prior mean = meta-learned parameters, prior spread = that of
+               independent fits to the meta-train families
+
+Nothing is chosen on test families. Errors: MAE (RMSE for kinetics fractions; log10 units for
+log-transformed targets), averaged per family group, then over groups; the interval (90% by
+default) resamples groups. Families too small for a k are reported, not silently skipped.
+
+examples:
+  matmeta evaluate --data tungsten_recrystallization.csv --model jmak --shots 2,3 \\
+      --fraction-tolerance 0.15 --allow-negative-time --out w_eval.csv
+  matmeta evaluate --data mp_binary_elasticity.json.gz --model cgcnn \\
+      --target bulk_modulus_vrh --test-families N,Co,I --shots 5,10 --hidden 32 \\
+      --min-family-size 30 --out mp_eval.csv --json
+"""
+
+MODELS = ("arrhenius_jmak", "cgcnn", "gnn", "jmak", "mlp")
+
+
+def add_parser(subparsers) -> None:
+    p = subparsers.add_parser(
+        "evaluate", help="k-shot evaluation on held-out families against baselines",
+        description="Hold out families, give each method the same k support samples of a held-"
+                    "out family, score it on the family's other samples; write a CSV table and "
+                    "a learning-curve plot.",
+        epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--data", required=True,
+                   help="kinetics CSV, structure table (.json/.csv, .gz allowed) or alloy/"
+                        "feature table")
+    p.add_argument("--model", required=True, choices=MODELS, help="model kind")
+    p.add_argument("--out", required=True, help="CSV of the results table to write")
+    p.add_argument("--plot", default=None, help="learning-curve PNG [default: --out with .png]")
+    p.add_argument("--tasks-out", default=None, help="also write every task's error (CSV)")
+    p.add_argument("--json", action="store_true", help="print the table as JSON on stdout")
+    g = p.add_argument_group("data and families")
+    g.add_argument("--family", default=None,
+                   help="family column, or anion | anion_set | element_system [default: "
+                        "dataset_id for kinetics, family otherwise]")
+    g.add_argument("--target", default=None, help="target column, units in its name")
+    g.add_argument("--features", default=None, help="comma-separated MLP feature columns")
+    g.add_argument("--composition-column", default=None,
+                   help="alloy tables (mlp): composition column; element fractions become the "
+                        "features and the element system the default family")
+    g.add_argument("--formula-column", default="formula", help="formula column [formula]")
+    g.add_argument("--structure-column", default=None, help="structure column (graph models)")
+    g.add_argument("--min-family-size", type=int, default=1,
+                   help="use only families with at least this many samples [1]")
+    g.add_argument("--fraction-tolerance", type=float, default=0.0,
+                   help="kinetics: accept fractions in [-tol, 1 + tol], kept as measured [0]")
+    g.add_argument("--allow-negative-time", action="store_true",
+                   help="kinetics: accept negative times (digitisation noise); they are read "
+                        "as t = 0, where JMAK predicts 0 for any parameters")
+    g = p.add_argument_group("splits and tasks")
+    g.add_argument("--test-families", default="leave-one-out",
+                   help="leave-one-out (each family group in turn), a fraction of groups, or "
+                        "comma-separated names [leave-one-out]")
+    g.add_argument("--val-families", default="0.2",
+                   help="meta-validation share of the other groups, or names [0.2]")
+    g.add_argument("--shots", default=None,
+                   help="comma-separated support sizes k [1,2,5,10,20 where families allow]")
+    g.add_argument("--methods", default=None, help="comma-separated methods [all that apply]")
+    g.add_argument("--metric", default="auto", choices=("auto", "mae", "rmse"),
+                   help="auto: RMSE for kinetics, MAE otherwise")
+    g.add_argument("--repeats", type=int, default=5, help="support draws per test family [5]")
+    g.add_argument("--val-repeats", type=int, default=3,
+                   help="support draws per validation family [3]")
+    g.add_argument("--q-query", type=int, default=None,
+                   help="query samples per task [all samples not in the support]")
+    g.add_argument("--bootstrap", type=int, default=2000, help="bootstrap resamples [2000]")
+    g.add_argument("--level", type=float, default=0.9, help="interval coverage [0.9]")
+    g = p.add_argument_group("meta-learner (trained per fold on its meta-train families)")
+    g.add_argument("--algorithm", default="maml",
+                   help="maml, fomaml, reptile, metasgd, anil or imaml [maml]")
+    g.add_argument("--steps", type=int, default=200, help="meta-steps [200]")
+    g.add_argument("--meta-batch", type=int, default=8, help="tasks per meta-step [8]")
+    g.add_argument("--k-shot", type=int, default=5, help="meta-training support size [5]")
+    g.add_argument("--q-query-train", type=int, default=10, help="meta-training query size [10]")
+    g.add_argument("--inner-steps", type=int, default=5, help="inner steps while training [5]")
+    g.add_argument("--inner-lr", type=float, default=None,
+                   help="inner learning rate [0.1 kinetics, 0.01 otherwise]")
+    g.add_argument("--outer-lr", type=float, default=1e-3, help="outer Adam rate [1e-3]")
+    g.add_argument("--trainable", default=None,
+                   help="comma-separated parameters the inner loop adapts (anil: the head)")
+    g = p.add_argument_group("baselines and model")
+    g.add_argument("--pretrain-steps", type=int, default=300,
+                   help="Adam steps of pooled pretraining [300]")
+    g.add_argument("--pretrain-lr", type=float, default=None,
+                   help="pretraining rate [0.05 kinetics, 3e-3 otherwise]")
+    g.add_argument("--hidden", default=None,
+                   help="hidden widths (mlp: 40,40; cgcnn: one width, e.g. 32)")
+    g.add_argument("--dtype", default=None, choices=("float32", "float64"),
+                   help="tensor precision [float64 kinetics, float32 otherwise]")
+    g.add_argument("--no-progress", action="store_true", help="no progress bar")
+    add_runtime_options(p)
+    p.set_defaults(func=run)
+
+
+def _names(text: str | None) -> list[str] | None:
+    if text is None:
+        return None
+    return [s.strip() for s in str(text).split(",") if s.strip()]
+
+
+def _ints(text: str | None, what: str) -> tuple[int, ...] | None:
+    from matmeta.errors import InputError
+
+    names = _names(text)
+    if names is None:
+        return None
+    try:
+        return tuple(int(v) for v in names)
+    except ValueError:
+        raise InputError(f"--{what} {text!r}: expected comma-separated whole numbers") from None
+
+
+def _split(text: str):
+    text = str(text).strip()
+    if text in ("leave-one-out", "loo"):
+        return "leave-one-out"
+    try:
+        return float(text)
+    except ValueError:
+        return _names(text)
+
+
+def load_families(args: argparse.Namespace, kind: str, dtype) -> tuple[list, str, list[str]]:
+    """Read ``--data`` into families for ``kind``; returns (families, units, notes)."""
+    from pathlib import Path
+
+    import pandas as pd
+
+    from matmeta.errors import InputError
+    from matmeta.meta import families_from_table
+
+    path = Path(args.data)
+    if not path.is_file():
+        raise InputError(f"--data {path}: no such file")
+    notes: list[str] = []
+    if kind in ("jmak", "arrhenius_jmak"):
+        from matmeta.io.kinetics import read_kinetics_table
+
+        table = read_kinetics_table(path, fraction_tolerance=args.fraction_tolerance,
+                                    allow_negative_time=args.allow_negative_time)
+        df = table.data.set_index("row")
+        neg = df["time_s"] < 0
+        if neg.any():
+            notes.append(f"{int(neg.sum())} negative times read as t = 0 (JMAK predicts 0 at "
+                         "t <= 0 for any parameters)")
+            df.loc[neg, "time_s"] = 0.0
+        family = args.family or (table.group_columns[0] if table.group_columns else None)
+        if family is None:
+            raise InputError(f"{path}: no family column (dataset_id, sample, grade, ...); "
+                             "name one with --family")
+        fams = families_from_table(df, kind, family=family, dtype=dtype, source=str(path))
+        return fams, "fraction", notes
+    if kind == "cgcnn":
+        from matmeta.graphs import FeaturizerSettings
+        from matmeta.io import read_structure_table
+
+        if args.target is None:
+            raise InputError("graph models need --target (the column to learn, units in its "
+                             "name)")
+        df = read_structure_table(path, structure_column=args.structure_column,
+                                  target_column=args.target)
+        df = _min_size(df, args, notes)
+        fams = families_from_table(df, "cgcnn", family=args.family, target=args.target,
+                                   formula_column=args.formula_column,
+                                   featurizer=FeaturizerSettings(), dtype=dtype,
+                                   source=str(path))
+        return fams, "log10 " + args.target, notes
+    if args.target is None:
+        raise InputError("mlp needs --target (the column to learn, units in its name)")
+    features = _names(args.features)
+    family = args.family
+    if args.composition_column:
+        from matmeta.io.alloys import read_alloy_table
+
+        df = read_alloy_table(path, args.composition_column, args.target,
+                              drop_missing_target=True)
+        elements = sorted({e for fr in df["fractions"] for e in fr})
+        for e in elements:
+            df[f"x_{e}"] = [float(fr.get(e, 0.0)) for fr in df["fractions"]]
+        features = features or [f"x_{e}" for e in elements]
+        family = family or "family"
+        df = df[[c for c in df.columns if c not in ("fractions",)]]
+    else:
+        name = path.name.lower().removesuffix(".gz")
+        try:
+            df = pd.read_json(path) if name.endswith(".json") else pd.read_csv(path)
+        except Exception as exc:  # noqa: BLE001 - pandas raises many types on bad files
+            raise InputError(f"--data {path}: cannot read the table ({exc})") from exc
+    df = _min_size(df, args, notes)
+    fams = families_from_table(df, "mlp", family=family, target=args.target, features=features,
+                               formula_column=args.formula_column, dtype=dtype,
+                               source=str(path))
+    return fams, args.target, notes
+
+
+def _min_size(df, args, notes):
+    from matmeta.errors import InputError
+    from matmeta.meta import family_keys
+
+    if args.min_family_size <= 1:
+        return df
+    keys = family_keys(df, args.family or "family", args.formula_column, str(args.data))
+    counts = keys.value_counts()
+    keep = keys.map(counts) >= args.min_family_size
+    if not keep.any():
+        raise InputError(f"--min-family-size {args.min_family_size}: no family is that large "
+                         f"(largest {counts.index[0]!r} with {int(counts.iloc[0])})")
+    kept = int((counts >= args.min_family_size).sum())
+    notes.append(f"--min-family-size {args.min_family_size}: kept {kept} of {len(counts)} "
+                 f"families ({int(keep.sum())} of {len(df)} rows)")
+    return df[keep.to_numpy()]
+
+
+def run(args: argparse.Namespace) -> int:
+    import sys
+    from pathlib import Path
+
+    import torch
+
+    from matmeta.cli.common import setup_runtime
+    from matmeta.errors import InputError
+    from matmeta.meta import MetaSettings, MetaTrainSettings
+    from matmeta.meta._data import transform_families
+    from matmeta.meta._evaluate import EvaluationSettings, evaluate, family_folds
+    from matmeta.models._registry import build_model
+
+    kind = "cgcnn" if args.model == "gnn" else args.model
+    parametric = kind in ("jmak", "arrhenius_jmak")
+    # settings first: a bad method, k or algorithm fails before any data is read
+    settings = EvaluationSettings(
+        shots=_ints(args.shots, "shots"), methods=_names(args.methods), metric=args.metric,
+        repeats=args.repeats, val_repeats=args.val_repeats, q_query=args.q_query,
+        bootstrap=args.bootstrap, level=args.level, seed=args.seed,
+        pretrain_steps=args.pretrain_steps, pretrain_lr=args.pretrain_lr)
+    meta = MetaSettings(algorithm=args.algorithm, inner_steps=args.inner_steps,
+                        inner_lr=args.inner_lr or (0.1 if parametric else 0.01),
+                        trainable=_names(args.trainable))
+    mts = MetaTrainSettings(steps=args.steps, meta_batch=args.meta_batch, k_shot=args.k_shot,
+                            q_query=args.q_query_train, outer_lr=args.outer_lr,
+                            val_every=max(args.steps // 4, 1), val_tasks=16,
+                            checkpoint_every=args.steps, seed=args.seed)
+    device = setup_runtime(args)
+    dtype = getattr(torch, args.dtype or ("float64" if parametric else "float32"))
+    families, units, notes = load_families(args, kind, dtype)
+
+    tt = None
+    test, val = _split(args.test_families), _split(args.val_families)
+    if not parametric:
+        from matmeta.models._transforms import TargetTransform
+
+        # fit the transform on families outside every fold's test groups where there are such
+        # (explicit test families); leave-one-out fits it on all (a shift and scale only)
+        folds = family_folds(families, test=test, val=val, seed=args.seed)
+        held = {f.group for _, _, te in folds for f in te}
+        fit_on = [f for f in families if f.group not in held] or families
+        tkind = "log10_standardize" if kind == "cgcnn" else "standardize"
+        tt = TargetTransform.fit(torch.cat([f.y for f in fit_on]).double(), kind=tkind,
+                                 name=f"{args.data}, column {args.target!r}")
+        families = transform_families(families, tt)
+
+    hidden = _names(args.hidden)
+    cfg: dict = {}
+    if kind == "mlp":
+        cfg = {"in_dim": int(families[0].inputs.shape[1]), "dtype": str(dtype).split(".")[-1]}
+        if hidden:
+            cfg["hidden"] = [int(h) for h in hidden]
+    elif kind == "cgcnn":
+        cfg = {"n_basis": families[0].featurizer.n_basis}
+        if hidden:
+            cfg["hidden"] = int(hidden[0])
+    elif kind == "arrhenius_jmak":
+        cfg = {}
+    model = build_model(kind, cfg)
+    log = None if args.json else (lambda line: print(line, file=sys.stderr))
+    result = evaluate(model, families, test=test, val=val, settings=settings,
+                      meta_settings=meta, meta_train_settings=mts, target_transform=tt,
+                      units=units, device=device, progress=not args.no_progress and None,
+                      log=log)
+    result.notes[:0] = notes
+    out = Path(args.out)
+    result.to_csv(out)
+    from matmeta.plots._evaluate import plot_learning_curves
+
+    plot = Path(args.plot) if args.plot else out.with_suffix(".png")
+    plot_learning_curves(result.table, plot,
+                         title=f"{meta.algorithm} on {model.name}: {Path(args.data).name}")
+    wrote = [str(out), str(plot)]
+    if args.tasks_out:
+        from matmeta.checkpoint import atomic_write_text
+
+        atomic_write_text(args.tasks_out, result.tasks.to_csv(index=False))
+        wrote.append(str(args.tasks_out))
+    if not len(result.table):
+        raise InputError("no task could be evaluated: every test family is too small for "
+                         "every k")
+    if args.json:
+        print(result.to_json())
+        return 0
+    import pandas as pd
+
+    with pd.option_context("display.width", 120, "display.max_columns", 20):
+        print(result.table.drop(columns=["chosen", "units"]).to_string(
+            index=False, float_format=lambda v: f"{v:.4g}"))
+    for line in result.notes:
+        print(f"note: {line}")
+    print(f"wrote {', '.join(wrote)}")
+    return 0

@@ -1,0 +1,291 @@
+"""``matmeta explain``: which support samples drove an adaptation, checked against LOO."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+from typing import Any
+
+from matmeta.cli.common import add_runtime_options, setup_runtime
+
+HELP = """\
+Adapt a meta-learned model to a support set with its inner loop (the steps and learning rate
+stored in the meta checkpoint) and score every support sample's influence on the query loss
+(query labels known), on the query predictions, on the adapted parameters, or on physical
+quantities of a parametric model (n, k [1/s], t_half [s]).
+
+Sign convention, every column: score = value adapted WITHOUT the sample - value adapted with
+all samples. For query_loss: positive = the sample helped, negative = it hurt (column effect;
+harm_rank 1 = most harmful).
+
+Estimators: unrolled (derivative through the inner loop as run; default), implicit (inverse
+Hessian at the adapted optimum; needs a converged inner loop), tracin (gradient products along
+the inner-loop trajectory), loo (exact leave-one-out re-adaptation).
+
+Tables: kinetics models read time_s and fraction columns; MLP models the feature columns and
+target the meta checkpoint names; graph models a structure column and the target. A query
+without the target column has unknown labels (use --target prediction). A sample identifier
+comes from a column id, sample, mp_id, material_id or name, else the row number.
+
+Example:
+  matmeta explain --model meta.pt --support support.csv --query query.csv --check-loo \\
+      --out influence.csv --plot influence.png
+"""
+
+ID_COLUMNS = ("id", "sample", "mp_id", "material_id", "name")
+
+
+def add_parser(subparsers: argparse._SubParsersAction) -> None:
+    p = subparsers.add_parser(
+        "explain", help="influence of each support sample on an adaptation",
+        description=HELP, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--model", required=True,
+                   help="meta checkpoint (matmeta meta-train) or a model checkpoint "
+                        "(then give --inner-steps and --inner-lr)")
+    p.add_argument("--support", required=True, help="support table (.csv/.json, .gz allowed)")
+    p.add_argument("--query", default=None, help="query table (needed for query_loss and "
+                                                 "prediction targets)")
+    p.add_argument("--estimator", default="unrolled",
+                   choices=("unrolled", "implicit", "tracin", "loo"),
+                   help="how influence is estimated [default: unrolled]")
+    p.add_argument("--target", action="append", default=None,
+                   help="query_loss, prediction, params, param:NAME or a physical quantity "
+                        "(n, k, t_half); repeat or comma-separate for several [default: "
+                        "query_loss when the query has labels, else prediction]")
+    p.add_argument("--check-loo", action="store_true",
+                   help="also run exact leave-one-out and report Spearman/Pearson agreement")
+    p.add_argument("--out", required=True, help="CSV of scores to write (one row per sample)")
+    p.add_argument("--plot", default=None, help="ranked bar chart of influence (.png/.pdf)")
+    p.add_argument("--curve-plot", default=None,
+                   help="kinetics models: adapted curve with each point marked by influence")
+    p.add_argument("--json", action="store_true",
+                   help="print a JSON list, one object per support sample (and agreement)")
+    g = p.add_argument_group("inner loop (override the checkpoint's settings)")
+    g.add_argument("--inner-steps", type=int, default=None, help="gradient steps")
+    g.add_argument("--inner-lr", type=float, default=None, help="inner learning rate")
+    g.add_argument("--damping", type=float, default=None,
+                   help="implicit: added to the Hessian diagonal [default: automatic]")
+    g.add_argument("--time-column", default="time_s", help="kinetics time column, seconds")
+    g.add_argument("--fraction-column", default="fraction", help="kinetics target column")
+    g.add_argument("--no-progress", action="store_true", help="no progress bars")
+    add_runtime_options(p)
+    p.set_defaults(func=run)
+
+
+def _ids(df: Any) -> list[str]:
+    for col in ID_COLUMNS:
+        if col in df.columns:
+            return [str(v) for v in df[col]]
+    return [f"row {i}" for i in df.index]
+
+
+def _read_table(path: str) -> Any:
+    import pandas as pd
+
+    from matmeta.errors import InputError
+
+    p = Path(path)
+    if not p.is_file():
+        raise InputError(f"{path}: no such file")
+    name = p.name.lower().removesuffix(".gz")
+    try:
+        df = pd.read_json(p) if name.endswith(".json") else pd.read_csv(p)
+    except Exception as exc:  # noqa: BLE001 - pandas raises many types
+        raise InputError(f"{path}: cannot read the table ({exc})") from exc
+    if len(df) == 0:
+        raise InputError(f"{path}: the table has no rows (influence needs at least one sample)")
+    df.attrs["source"] = str(path)
+    return df
+
+
+def _need(df: Any, cols: list[str], path: str, what: str) -> None:
+    from matmeta.errors import InputError
+
+    missing = [c for c in cols if c not in df.columns]
+    if missing:
+        raise InputError(f"{path}: missing column {missing[0]!r}, which the {what} model needs "
+                         f"(have {', '.join(map(str, df.columns))})")
+
+
+def _samples(df: Any, path: str, kind: str, ckpt: dict, args: argparse.Namespace,
+             labelled: bool):
+    """Table -> Samples in the model's input and target space; y NaN where labels are absent."""
+    import numpy as np
+    import torch
+
+    from matmeta.errors import InputError, where
+    from matmeta.models import Samples
+
+    opts = (ckpt.get("extra", {}).get("data") or {}).get("options", {}) or {}
+    target = opts.get("target")
+    if kind in ("jmak",):
+        _need(df, [args.time_column], path, kind)
+        t = np.asarray(pd_numeric(df, args.time_column, path))
+        if (t < 0).any():
+            i = int(np.flatnonzero(t < 0)[0])
+            raise InputError(f"{where(path, df.index[i], args.time_column)}{t[i]}: expected a "
+                             "time >= 0 in seconds")
+        inputs = torch.as_tensor(t, dtype=torch.float64)
+        tcol = args.fraction_column
+    elif kind == "arrhenius_jmak":
+        _need(df, [args.time_column, "temperature_K"], path, kind)
+        inputs = torch.as_tensor(np.stack([pd_numeric(df, args.time_column, path),
+                                           pd_numeric(df, "temperature_K", path)], 1))
+        tcol = args.fraction_column
+    elif kind == "mlp":
+        feats = opts.get("features")
+        if isinstance(feats, str):
+            feats = [f for f in feats.split(",") if f]
+        if not feats:
+            raise InputError("the checkpoint does not record the MLP's feature columns")
+        _need(df, list(feats), path, kind)
+        inputs = torch.as_tensor(np.stack([pd_numeric(df, c, path) for c in feats], 1))
+        tcol = target
+    else:
+        from matmeta.graphs import FeaturizerSettings, collate, structure_to_graph
+        from matmeta.io._tables import read_structure_table
+
+        scol = opts.get("structure_column") or "structure"
+        if scol not in df.columns:
+            scol = next((c for c in ("structure", "cif", "atoms") if c in df.columns), scol)
+        _need(df, [scol], path, kind)
+        feat = FeaturizerSettings.from_dict(ckpt.get("extra", {}).get("featurizer") or {})
+        table = read_structure_table(df, structure_column=scol)
+        graphs = [structure_to_graph(s, settings=feat) for s in table["structure"]]
+        inputs = collate(graphs, feat, dtype=torch.float64)
+        tcol = target
+    if labelled and tcol is not None and tcol in df.columns:
+        y = torch.as_tensor(pd_numeric(df, tcol, path), dtype=torch.float64)
+        tt = ckpt.get("extra", {}).get("target_transform")
+        if tt:
+            from matmeta.models._transforms import TargetTransform
+
+            y = TargetTransform.from_dict(tt).forward(y).double()
+    elif labelled:
+        raise InputError(f"{path}: missing target column {tcol!r} (the support set needs labels)")
+    else:
+        y = torch.full((len(df),), float("nan"), dtype=torch.float64)
+    return Samples(inputs, y)
+
+
+def pd_numeric(df: Any, col: str, path: str):
+    import numpy as np
+    import pandas as pd
+
+    from matmeta.errors import InputError, where
+
+    values = pd.to_numeric(df[col], errors="coerce").to_numpy(dtype=float)
+    bad = ~np.isfinite(values)
+    if bad.any():
+        i = int(np.flatnonzero(bad)[0])
+        raise InputError(f"{where(path, df.index[i], col)}{df[col].iloc[i]!r}: expected a "
+                         "finite number")
+    return values
+
+
+def load_adaptation(path: str, args: argparse.Namespace):
+    """Model, initial params, inner settings and the raw checkpoint from a meta/model file."""
+    from matmeta.checkpoint import load_checkpoint
+    from matmeta.errors import CheckpointError, InputError
+    from matmeta.models._registry import build_model
+
+    ckpt = load_checkpoint(path, kind=("meta", "model"))
+    try:
+        model = build_model(ckpt["model_name"], ckpt["model_config"])
+        params = dict(ckpt["params"])
+    except KeyError as exc:
+        raise CheckpointError(f"{path}: checkpoint lacks {exc}") from exc
+    if ckpt["matmeta_kind"] == "meta":
+        rec = dict(ckpt.get("inner") or {})
+        inner = {k: rec.get(k) for k in ("steps", "lr", "per_param_lr", "trainable", "proximal")
+                 if rec.get(k) is not None}
+    else:
+        inner = {}
+        if args.inner_steps is None or args.inner_lr is None:
+            raise InputError(f"{path}: a model checkpoint records no inner loop; give "
+                             "--inner-steps and --inner-lr (or use a meta checkpoint)")
+    if args.inner_steps is not None:
+        inner["steps"] = args.inner_steps
+    if args.inner_lr is not None:
+        inner["lr"] = args.inner_lr
+    kind = (ckpt.get("extra", {}).get("data") or {}).get("model_kind") or model.name
+    return model, params, inner, ckpt, kind
+
+
+def run(args: argparse.Namespace) -> int:
+    import numpy as np
+    import torch
+
+    from matmeta.checkpoint import atomic_write_text, dumps_json
+    from matmeta.errors import InputError
+    from matmeta.influence import explain
+
+    device = setup_runtime(args)
+    model, params, inner, ckpt, kind = load_adaptation(args.model, args)
+    sup_df = _read_table(args.support)
+    support = _samples(sup_df, args.support, kind, ckpt, args, labelled=True)
+    query, query_ids, labelled_query = None, None, False
+    if args.query:
+        q_df = _read_table(args.query)
+        opts = (ckpt.get("extra", {}).get("data") or {}).get("options", {}) or {}
+        tcol = args.fraction_column if kind in ("jmak", "arrhenius_jmak") else opts.get("target")
+        labelled_query = tcol is not None and tcol in q_df.columns
+        query = _samples(q_df, args.query, kind, ckpt, args, labelled=labelled_query)
+        query_ids = _ids(q_df)
+    targets = [t.strip() for item in (args.target or []) for t in item.split(",") if t.strip()]
+    if not targets:
+        if query is None:
+            raise InputError("no --query given: name a target that needs none (--target params "
+                             "or a physical quantity such as n)")
+        targets = ["query_loss"] if labelled_query else ["prediction"]
+    options: dict[str, Any] = {}
+    if args.estimator == "implicit" and args.damping is not None:
+        options["damping"] = args.damping
+    df = explain(model, params, support, query, inner=inner, targets=targets,
+                 estimator=args.estimator, check_loo=args.check_loo, ids=_ids(sup_df),
+                 query_ids=query_ids, device=device,
+                 progress=False if args.no_progress else None, **options)
+    import io
+
+    buf = io.StringIO()
+    df.to_csv(buf, index=False)
+    atomic_write_text(args.out, buf.getvalue())
+    if args.plot:
+        from matmeta.plots._influence import plot_influence_bars
+
+        plot_influence_bars(df, path=args.plot)
+    if args.curve_plot:
+        if kind != "jmak":
+            raise InputError("--curve-plot is for kinetics (jmak) models")
+        from matmeta.meta._inner import inner_loop
+        from matmeta.plots._influence import plot_influence_curve
+
+        p64 = {k: v.double() for k, v in params.items()}
+        inner64 = dict(inner)
+        adapted = inner_loop(model, p64, support, **inner64)
+        t = support.inputs.numpy()
+        pos = t[t > 0]
+        lo = pos.min() / 3 if pos.size else 1.0
+        hi = t.max() * 3 if t.max() > 0 else 10.0
+        grid = torch.logspace(np.log10(lo), np.log10(hi), 200, dtype=torch.float64)
+        curve = model.forward(adapted, grid).detach().numpy()
+        qt = query.inputs.numpy() if query is not None else None
+        qy = query.y.numpy() if query is not None and labelled_query else None
+        plot_influence_curve(df, t, support.y.numpy(), grid.numpy(), curve,
+                             query_time_s=qt, query_fraction=qy, path=args.curve_plot)
+    if args.json:
+        # a list, one object per sample; the agreement figures (one per target, shared by
+        # all samples) ride along in every object so the output stays a plain list
+        rows = df.to_dict(orient="records")
+        for row in rows:
+            row["estimator"] = df.attrs["estimator"]
+            for target, figs in df.attrs["agreement"].items():
+                row[f"spearman:{target}"] = figs["spearman"]
+                row[f"pearson:{target}"] = figs["pearson"]
+        print(dumps_json(rows))
+    else:
+        print(df.attrs["summary"])
+        print(f"wrote {args.out}" + (f", {args.plot}" if args.plot else "")
+              + (f", {args.curve_plot}" if args.curve_plot else ""), file=sys.stderr)
+    return 0

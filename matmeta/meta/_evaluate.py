@@ -1,0 +1,819 @@
+"""Leave-families-out k-shot evaluation of a meta-learner against the baselines that matter.
+
+For every split (one or more held-out test families, a meta-validation share of the rest) and
+every support size k, the same tasks (k support samples of a test family, the family's remaining
+samples as query) are given to each method:
+
+- ``meta``: the meta-learned initialisation adapted with the algorithm's inner loop; steps and a
+  scale of the inner learning rate chosen on meta-validation families;
+- ``meta_init``: the meta-learned initialisation without adaptation;
+- ``pretrained``: the same architecture trained on all meta-train families pooled (zero-shot);
+- ``finetune``: the pretrained model fine-tuned on the support set (steps and rate chosen on
+  meta-validation families; 0 steps is allowed, so it can decline to adapt);
+- ``offset``: the pretrained model plus the support residuals' mean shrunk toward zero,
+  ``sum(r) / (k + lambda)`` with ``lambda`` chosen on meta-validation families;
+- ``scratch``: a fresh initialisation trained on the support set alone (Adam; steps chosen on
+  meta-validation families);
+- parametric laws only: ``independent`` (a Levenberg-Marquardt fit of each task's support,
+  :func:`matmeta.fitting.fit_curves`) and ``map`` (a MAP fit whose prior mean is the meta-learned
+  initialisation and whose spread is that of independent fits to the meta-train families; the
+  measurement noise that weighs data against the prior is chosen on meta-validation families).
+
+Nothing is chosen on test families. Errors (MAE, or RMSE for kinetics fractions) are averaged per
+group (the family's ``group``: a tungsten grade, an anion family), then over groups; the 90%
+interval resamples groups, not tasks, because tasks of one family are not independent.
+
+Example:
+    >>> res = evaluate(JMAK(), isotherm_families, test="leave-one-out", shots=(2, 3))
+    >>> res.table[["k", "method", "error", "ci_low", "ci_high"]]
+    >>> res.to_csv("evaluate.csv")
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import os
+import sys
+import zlib
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import torch
+from torch import Tensor
+
+from matmeta.errors import InputError
+from matmeta.meta._algorithms import MetaSettings, inner_rates, model_params
+from matmeta.meta._inner import inner_loop
+from matmeta.meta._tasks import Family, split_families
+from matmeta.meta._train import (
+    MetaTrainSettings,
+    meta_train,
+    outer_init,
+    outer_update,
+)
+from matmeta.models._protocol import FunctionalModel, Params, Samples, sample_loss
+
+__all__ = [
+    "DEFAULT_SHOTS",
+    "EVAL_METHODS",
+    "EvaluationResult",
+    "EvaluationSettings",
+    "bootstrap_interval",
+    "evaluate",
+    "family_folds",
+    "pretrain",
+]
+
+DEFAULT_SHOTS = (1, 2, 5, 10, 20)
+EVAL_METHODS = ("meta", "meta_init", "pretrained", "finetune", "offset", "scratch",
+                "independent", "map")
+PARAMETRIC_ONLY = ("independent", "map")
+
+
+@dataclass
+class EvaluationSettings:
+    """What to evaluate and the hyperparameter grids chosen on meta-validation families.
+
+    Example:
+        >>> EvaluationSettings(shots=(5, 10), methods=("meta", "finetune", "offset"), repeats=3)
+
+    Attributes:
+        shots: support sizes k; None: 1, 2, 5, 10, 20 where some test family allows (the others
+            are reported). Given explicitly, a k no test family can host is an input error.
+        methods: methods to compare (default: every one that applies to the model).
+        metric: ``"mae"``, ``"rmse"`` or ``"auto"`` (RMSE for parametric laws, else MAE).
+        repeats: random support draws per test family and k.
+        val_repeats: random support draws per validation family and k.
+        q_query: query samples per task (None: every sample not in the support).
+        meta_steps: inner-step counts tried for ``meta``.
+        meta_lr_scales: factors on the meta-learned inner rate tried for ``meta``.
+        finetune_steps: step counts tried for ``finetune`` (0 keeps the pretrained model).
+        finetune_lrs: SGD rates tried for ``finetune`` (None: by model kind).
+        shrinkage: ``lambda`` values tried for ``offset`` (``inf``: no offset).
+        scratch_steps: Adam step counts tried for ``scratch``.
+        scratch_lr: Adam rate for ``scratch`` (None: by model kind).
+        pretrain_steps: Adam steps of pretraining on the pooled meta-train families.
+        pretrain_lr: its rate (None: by model kind).
+        pretrain_batch: samples per pretraining mini-batch.
+        noise_stds: measurement std (target units) tried for ``map``.
+        bootstrap: bootstrap resamples of groups.
+        level: coverage of the interval (0.9).
+        seed: seeds the splits, task draws, pretraining and the bootstrap.
+    """
+
+    shots: tuple[int, ...] | None = None
+    methods: tuple[str, ...] | None = None
+    metric: str = "auto"
+    repeats: int = 5
+    val_repeats: int = 3
+    q_query: int | None = None
+    meta_steps: tuple[int, ...] = (0, 1, 2, 5, 10, 20)
+    meta_lr_scales: tuple[float, ...] = (0.3, 1.0, 3.0)
+    finetune_steps: tuple[int, ...] = (0, 1, 2, 5, 10, 20, 50)
+    finetune_lrs: tuple[float, ...] | None = None
+    shrinkage: tuple[float, ...] = (0.0, 0.5, 1.0, 2.0, 5.0, 10.0, 20.0, 50.0, math.inf)
+    scratch_steps: tuple[int, ...] = (10, 30, 100, 300)
+    scratch_lr: float | None = None
+    pretrain_steps: int = 300
+    pretrain_lr: float | None = None
+    pretrain_batch: int = 64
+    noise_stds: tuple[float, ...] = (0.02, 0.05, 0.1, 0.2)
+    bootstrap: int = 2000
+    level: float = 0.9
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        if self.shots is not None:
+            self.shots = tuple(int(k) for k in self.shots)
+            if not self.shots or min(self.shots) < 1:
+                raise InputError(f"shots {list(self.shots)}: expected support sizes >= 1")
+        if self.methods is not None:
+            self.methods = tuple(self.methods)
+            unknown = [m for m in self.methods if m not in EVAL_METHODS]
+            if unknown:
+                raise InputError(f"unknown evaluation method {unknown[0]!r}: expected some of "
+                                 f"{', '.join(EVAL_METHODS)}")
+            if not self.methods:
+                raise InputError("no evaluation methods given")
+        if self.metric not in ("auto", "mae", "rmse"):
+            raise InputError(f"metric {self.metric!r}: expected mae, rmse or auto")
+        for name in ("repeats", "val_repeats", "pretrain_steps", "pretrain_batch", "bootstrap"):
+            if int(getattr(self, name)) < 1:
+                raise InputError(f"{name} {getattr(self, name)}: expected a positive integer")
+        if self.q_query is not None and int(self.q_query) < 1:
+            raise InputError(f"q_query {self.q_query}: expected at least 1")
+        if not 0 < float(self.level) < 1:
+            raise InputError(f"level {self.level}: expected a coverage in (0, 1)")
+        for name in ("meta_steps", "finetune_steps", "scratch_steps"):
+            grid = tuple(int(s) for s in getattr(self, name))
+            if not grid or min(grid) < 0:
+                raise InputError(f"{name} {list(grid)}: expected step counts >= 0")
+            setattr(self, name, grid)
+        if not self.shrinkage or min(self.shrinkage) < 0:
+            raise InputError(f"shrinkage {list(self.shrinkage)}: expected values >= 0")
+        if not self.noise_stds or min(self.noise_stds) <= 0:
+            raise InputError(f"noise_stds {list(self.noise_stds)}: expected positive values")
+
+    def to_dict(self) -> dict[str, Any]:
+        d = dataclasses.asdict(self)
+        d["shrinkage"] = [None if math.isinf(v) else v for v in self.shrinkage]
+        return d
+
+
+@dataclass
+class EvaluationResult:
+    """What :func:`evaluate` returns.
+
+    Attributes:
+        table: one row per (k, method): ``error`` (mean over groups of the per-group mean task
+            error), ``ci_low``/``ci_high`` (bootstrap over groups), ``median_task`` (median over
+            tasks), ``n_groups``, ``n_tasks``, ``fallbacks`` (tasks a method could not handle
+            and answered with its stated fallback), ``chosen`` (hyperparameters chosen on
+            meta-validation families, per fold), ``metric`` and ``units``.
+        tasks: one row per (fold, family, k, repeat, method) with the task's error.
+        too_small: test families with too few samples for a k (``n_samples`` <= k).
+        folds: per fold, the group names of meta-train, meta-validation and test families.
+        settings: the :class:`EvaluationSettings` used.
+        notes: one line per thing worth knowing (fallbacks, k values left out).
+    """
+
+    table: pd.DataFrame
+    tasks: pd.DataFrame
+    too_small: pd.DataFrame
+    folds: list[dict[str, Any]]
+    settings: EvaluationSettings
+    notes: list[str] = field(default_factory=list)
+
+    def to_csv(self, path: str | os.PathLike) -> Path:
+        """Write :attr:`table` as CSV, atomically."""
+        from matmeta.checkpoint import atomic_write_text
+
+        return atomic_write_text(path, self.table.to_csv(index=False))
+
+    def to_json(self) -> str:
+        """The table, folds, too-small families and notes as one JSON document."""
+        from matmeta.checkpoint import dumps_json
+
+        table = self.table.replace({np.nan: None}).to_dict(orient="records")
+        return dumps_json({"table": table, "folds": self.folds,
+                           "too_small": self.too_small.to_dict(orient="records"),
+                           "notes": self.notes, "settings": self.settings.to_dict()})
+
+
+# ---------------------------------------------------------------------------------- splits
+
+
+def family_folds(families: Sequence[Family], test: str | float | Sequence[str] = "leave-one-out",
+                 val: float | Sequence[str] = 0.2, seed: int = 0
+                 ) -> list[tuple[list[Family], list[Family], list[Family]]]:
+    """Splits by group: each fold's test groups never appear in its meta-train or validation.
+
+    Example:
+        >>> folds = family_folds(fams, test="leave-one-out", val=0.2)    # one fold per group
+        >>> folds = family_folds(fams, test=["N", "Co"], val=0.2)         # one fold
+
+    Args:
+        test: ``"leave-one-out"`` (each group once), a fraction of the groups, or group names.
+        val: meta-validation share of the remaining groups (at least one group), or names.
+
+    Raises:
+        InputError: fewer than three groups for leave-one-out, unknown names, an empty split.
+    """
+    groups = sorted({f.group for f in families})
+    if isinstance(test, str) and test in ("leave-one-out", "loo"):
+        if len(groups) < 3:
+            raise InputError(f"leave-one-out needs at least 3 family groups (train, validation, "
+                             f"test); got {len(groups)}: {', '.join(groups)}")
+        folds = []
+        for i, g in enumerate(groups):
+            rest = [f for f in families if f.group != g]
+            train, val_f, _ = split_families(rest, val=_val_spec(val, rest), seed=seed + i)
+            folds.append((train, val_f, [f for f in families if f.group == g]))
+    else:
+        spec = test
+        if isinstance(test, str):
+            spec = [s.strip() for s in test.split(",") if s.strip()]
+        train, val_f, test_f = split_families(families, val=0.0, test=spec, seed=seed)
+        rest = train
+        train, val_f, _ = split_families(rest, val=_val_spec(val, rest), seed=seed)
+        folds = [(train, val_f, test_f)]
+    for train, val_f, test_f in folds:
+        _check_no_leak(train, val_f, test_f)
+        if not test_f:
+            raise InputError("the split leaves no test families; name some or raise the share")
+        if not val_f:
+            raise InputError("the split leaves no meta-validation families (hyperparameters are "
+                             "chosen on them, never on test families); raise --val-families")
+    return folds
+
+
+def _val_spec(val: float | Sequence[str], rest: Sequence[Family]) -> float | list[str]:
+    if isinstance(val, (int, float)):
+        return float(val)
+    present = {f.group for f in rest}
+    return [v for v in val if v in present]
+
+
+def _check_no_leak(train: Sequence[Family], val: Sequence[Family],
+                   test: Sequence[Family]) -> None:
+    tr, va, te = ({f.group for f in s} for s in (train, val, test))
+    both = (tr & te) | (va & te) | (tr & va)
+    if both:
+        raise RuntimeError(f"family split leaks groups {sorted(both)} between splits")
+
+
+# ---------------------------------------------------------------------------------- tasks
+
+
+def _seed_of(*parts: Any) -> int:
+    return zlib.crc32("|".join(map(str, parts)).encode()) & 0x7FFFFFFF
+
+
+def _draw(family: Family, k: int, repeat: int, seed: int, q_query: int | None
+          ) -> tuple[Samples, Samples]:
+    gen = torch.Generator().manual_seed(_seed_of(seed, family.name, k, repeat))
+    perm = torch.randperm(len(family), generator=gen)
+    sup, qry = perm[:k], perm[k:]
+    if q_query is not None:
+        qry = qry[:q_query]
+    return family.samples(sup), family.samples(qry)
+
+
+def _to(s: Samples, device: torch.device) -> Samples:
+    return Samples(s.inputs.to(device), s.y.to(device),
+                   None if s.weight is None else s.weight.to(device))
+
+
+# ---------------------------------------------------------------------------------- training
+
+
+def _init_params(model: FunctionalModel, seed: int, dtype: torch.dtype) -> Params:
+    params = model.init_params(torch.Generator().manual_seed(int(seed)))
+    return {k: v.to(dtype) for k, v in params.items()}
+
+
+def _pooled(families: Sequence[Family]) -> Family:
+    first = families[0]
+    if first.is_graph:
+        inputs: Any = [g for f in families for g in f.inputs]
+    else:
+        inputs = torch.cat([f.inputs for f in families])
+    weight = None
+    if any(f.weight is not None for f in families):
+        weight = torch.cat([f.weight if f.weight is not None else torch.ones_like(f.y)
+                            for f in families])
+    return Family("pooled", inputs, torch.cat([f.y for f in families]), weight,
+                  featurizer=first.featurizer)
+
+
+def pretrain(model: FunctionalModel, train_families: Sequence[Family],
+             val_families: Sequence[Family] = (), *, steps: int = 300, lr: float = 3e-3,
+             batch_size: int = 64, seed: int = 0, init: Params | None = None,
+             device: str | torch.device = "cpu", eval_every: int = 25) -> Params:
+    """Train ``model`` on all meta-train families pooled (the baseline that transfer must beat).
+
+    Adam on mini-batches of the pooled samples; the parameters with the lowest loss on the
+    meta-validation families (checked every ``eval_every`` steps) are kept.
+
+    Example:
+        >>> params = pretrain(model, train_fams, val_fams, steps=500, lr=3e-3)
+    """
+    device = torch.device(device)
+    pool = _pooled(train_families)
+    dtype = pool.y.dtype
+    params = dict(init) if init is not None else _init_params(model, seed, dtype)
+    params = {k: v.detach().to(device) for k, v in params.items()}
+    opts = MetaTrainSettings(steps=max(int(steps), 1), outer_lr=float(lr), clip=10.0)
+    state = outer_init(params)
+    gen = torch.Generator().manual_seed(int(seed) + 7)
+    val = [_to(f.samples(), device) for f in val_families if len(f)]
+    grad_fn = torch.func.grad(lambda p, s: sample_loss(model, p, s))
+
+    def val_loss(p: Params) -> float:
+        if not val:
+            return 0.0
+        return float(sum(float(sample_loss(model, p, s)) for s in val) / len(val))
+
+    best, best_loss = dict(params), val_loss(params)
+    n = len(pool)
+    order = torch.randperm(n, generator=gen)
+    pos = 0
+    for step in range(int(steps)):
+        if pos + min(batch_size, n) > n:
+            order, pos = torch.randperm(n, generator=gen), 0
+        idx = order[pos:pos + batch_size]
+        pos += len(idx)
+        grads = grad_fn(params, _to(pool.samples(idx), device))
+        params, state = outer_update(params, grads, state, opts)
+        if (step + 1) % eval_every == 0 or step + 1 == steps:
+            loss = val_loss(params)
+            if not math.isfinite(loss):
+                break
+            if not val or loss < best_loss:
+                best, best_loss = dict(params), loss
+    return {k: v.detach() for k, v in best.items()}
+
+
+def _sgd_path(model: FunctionalModel, params: Params, support: Samples, query_inputs: Any,
+              steps: Sequence[int], lr: float, per_param_lr: Params | None = None,
+              trainable: Sequence[str] | None = None, proximal: float = 0.0
+              ) -> dict[int, Tensor]:
+    """Query predictions after each step count in ``steps`` of one inner-loop run."""
+    top = max(steps)
+    adapted, path = inner_loop(model, params, support, steps=top, lr=lr,
+                               per_param_lr=per_param_lr, trainable=trainable,
+                               proximal=proximal, return_trajectory=True)
+    path = [*path, adapted]
+    return {s: model.forward(path[s], query_inputs).detach() for s in steps}
+
+
+def _adam_path(model: FunctionalModel, params: Params, support: Samples, query_inputs: Any,
+               steps: Sequence[int], lr: float) -> dict[int, Tensor]:
+    """Query predictions after each step count of Adam on the support loss."""
+    opts = MetaTrainSettings(steps=max(max(steps), 1), outer_lr=float(lr), clip=10.0)
+    state = outer_init(params)
+    grad_fn = torch.func.grad(lambda p: sample_loss(model, p, support))
+    out = {}
+    want = set(steps)
+    for s in range(max(steps) + 1):
+        if s in want:
+            out[s] = model.forward(params, query_inputs).detach()
+        if s == max(steps):
+            break
+        params, state = outer_update(params, grad_fn(params), state, opts)
+    return out
+
+
+# ---------------------------------------------------------------------------------- methods
+
+
+class _Context:
+    """Everything one fold's methods need: trained parameters, priors, chosen settings."""
+
+    def __init__(self, model: FunctionalModel, settings: EvaluationSettings,
+                 meta: MetaSettings, device: torch.device) -> None:
+        self.model, self.settings, self.meta, self.device = model, settings, meta, device
+        self.meta_params: Params | None = None
+        self.pretrained: Params | None = None
+        self.prior_mean: Tensor | None = None
+        self.prior_std: Tensor | None = None
+        self.scratch_seed = settings.seed
+        self.fallbacks: dict[str, int] = {}
+
+    # each method: (support, query, options or None for all) -> {option: query predictions}
+    def meta_options(self, s: Samples, q: Samples, only: list | None = None
+                     ) -> dict[Any, Tensor]:
+        meta = self.meta
+        params = model_params(self.meta_params)
+        rates = inner_rates(self.meta_params)
+        proximal = float(meta.proximal) if meta.algorithm == "imaml" else 0.0
+        grid = only or [(st, sc) for sc in self.settings.meta_lr_scales
+                        for st in self.settings.meta_steps]
+        out = {}
+        for scale in dict.fromkeys(sc for _, sc in grid):
+            pr = None if rates is None else {k: v * scale for k, v in rates.items()}
+            steps = [st for st, sc in grid if sc == scale]
+            preds = _sgd_path(self.model, params, s, q.inputs, steps,
+                              float(meta.inner_lr) * scale, pr, meta.trainable, proximal)
+            out.update({(st, scale): p for st, p in preds.items()})
+        return out
+
+    def meta_init_options(self, s: Samples, q: Samples, only: list | None = None
+                          ) -> dict[Any, Tensor]:
+        params = model_params(self.meta_params)
+        return {None: self.model.forward(params, q.inputs).detach()}
+
+    def pretrained_options(self, s: Samples, q: Samples, only: list | None = None
+                           ) -> dict[Any, Tensor]:
+        return {None: self.model.forward(self.pretrained, q.inputs).detach()}
+
+    def finetune_options(self, s: Samples, q: Samples, only: list | None = None
+                         ) -> dict[Any, Tensor]:
+        grid = only or [(st, lr) for lr in self.finetune_lrs
+                        for st in self.settings.finetune_steps]
+        out = {}
+        for lr in dict.fromkeys(lr for _, lr in grid):
+            steps = [st for st, r in grid if r == lr]
+            preds = _sgd_path(self.model, self.pretrained, s, q.inputs, steps, lr)
+            out.update({(st, lr): p for st, p in preds.items()})
+        return out
+
+    def offset_options(self, s: Samples, q: Samples, only: list | None = None
+                       ) -> dict[Any, Tensor]:
+        base = self.model.forward(self.pretrained, q.inputs).detach()
+        resid = s.y - self.model.forward(self.pretrained, s.inputs).detach()
+        w = torch.ones_like(resid) if s.weight is None else s.weight
+        out = {}
+        for lam in only or self.settings.shrinkage:
+            shift = 0.0 if math.isinf(lam) else float((w * resid).sum() / (w.sum() + lam))
+            out[lam] = base + shift
+        return out
+
+    def scratch_options(self, s: Samples, q: Samples, only: list | None = None
+                        ) -> dict[Any, Tensor]:
+        init = _init_params(self.model, self.scratch_seed, s.y.dtype)
+        init = {k: v.to(self.device) for k, v in init.items()}
+        return _adam_path(self.model, init, s, q.inputs, only or self.settings.scratch_steps,
+                          self.scratch_lr)
+
+    def independent_options(self, s: Samples, q: Samples, only: list | None = None
+                            ) -> dict[Any, Tensor]:
+        return {None: self._fit(s, q, prior=None)}
+
+    def map_options(self, s: Samples, q: Samples, only: list | None = None
+                    ) -> dict[Any, Tensor]:
+        return {noise: self._fit(s, q, prior=noise) for noise in only or self.settings.noise_stds}
+
+    def _fit(self, s: Samples, q: Samples, prior: float | None) -> Tensor:
+        from matmeta.fitting import fit_curves
+        from matmeta.models.parametric import Prior
+
+        model = self.model
+        name = "independent" if prior is None else "map"
+        y = s.y.detach().double().cpu()
+        pr = None
+        if prior is not None:
+            pr = Prior.from_std(model.name, model.flat_names, self.prior_mean.tolist(),
+                                self.prior_std.tolist(), noise_std=float(prior),
+                                model_config=model.config())
+        try:
+            res = fit_curves(model, [s.inputs.detach().double().cpu()], [y], prior=pr,
+                             weight=None if s.weight is None else [s.weight.double().cpu()])
+            theta = res.theta[0]
+            if not bool(torch.isfinite(theta).all()):
+                raise InputError("non-finite fit")
+        except InputError:
+            # the fitter refuses a support whose values are all equal, or too few points:
+            # answer with the fallback and count it (reported in the table)
+            self.fallbacks[name] = self.fallbacks.get(name, 0) + 1
+            if prior is None:
+                return torch.full_like(q.y, float(y.mean()))
+            theta = self.prior_mean
+        params = model.unflatten(theta.to(q.y.dtype))
+        return model.forward(params, q.inputs).detach().to(q.y.dtype)
+
+
+def _resolve(model: FunctionalModel, settings: EvaluationSettings
+             ) -> tuple[bool, tuple[float, ...], float, float]:
+    parametric = hasattr(model, "flat_names") and hasattr(model, "unflatten")
+    lrs = settings.finetune_lrs or ((0.03, 0.1, 0.3) if parametric else (0.001, 0.003, 0.01,
+                                                                          0.03))
+    scratch_lr = settings.scratch_lr or (0.1 if parametric else 0.01)
+    pre_lr = settings.pretrain_lr or (0.05 if parametric else 3e-3)
+    return parametric, tuple(float(v) for v in lrs), float(scratch_lr), float(pre_lr)
+
+
+def _error(pred: Tensor, y: Tensor, metric: str, report: Callable[[Tensor], Tensor]) -> float:
+    diff = report(pred.double()) - report(y.double())
+    if metric == "rmse":
+        return float(torch.sqrt((diff**2).mean()))
+    return float(diff.abs().mean())
+
+
+def bootstrap_interval(values_by_group: Sequence[float], n_boot: int = 2000, level: float = 0.9,
+                       seed: int = 0) -> tuple[float, float, float]:
+    """Mean over groups and its percentile bootstrap interval, resampling groups.
+
+    Example:
+        >>> bootstrap_interval([0.10, 0.12, 0.30], n_boot=1000)    # (mean, low, high)
+
+    Returns:
+        (mean, low, high); low = high = mean for a single group.
+    """
+    v = np.asarray(values_by_group, dtype=float)
+    if v.size == 0:
+        return (math.nan, math.nan, math.nan)
+    mean = float(v.mean())
+    if v.size == 1:
+        return (mean, mean, mean)
+    rng = np.random.default_rng(seed)
+    means = v[rng.integers(0, v.size, size=(int(n_boot), v.size))].mean(1)
+    a = (1 - level) / 2
+    lo, hi = np.quantile(means, [a, 1 - a])
+    return (mean, float(min(lo, mean)), float(max(hi, mean)))
+
+
+# ---------------------------------------------------------------------------------- evaluate
+
+
+def evaluate(model: FunctionalModel, families: Sequence[Family], *,
+             test: str | float | Sequence[str] = "leave-one-out",
+             val: float | Sequence[str] = 0.2,
+             settings: EvaluationSettings | None = None,
+             meta_settings: MetaSettings | None = None,
+             meta_train_settings: MetaTrainSettings | None = None,
+             target_transform: Any = None, units: str = "",
+             device: str | torch.device = "cpu", progress: bool | None = None,
+             log: Callable[[str], None] | None = None) -> EvaluationResult:
+    """Leave-families-out k-shot evaluation of meta-learning against the baselines.
+
+    Example:
+        >>> res = evaluate(JMAK(), fams, test="leave-one-out", val=0.25,
+        ...                settings=EvaluationSettings(shots=(2, 3), repeats=10),
+        ...                meta_settings=MetaSettings("maml", inner_steps=5, inner_lr=0.1),
+        ...                meta_train_settings=MetaTrainSettings(steps=300, k_shot=3, q_query=3))
+        >>> print(res.table)
+
+    Args:
+        model: any :class:`~matmeta.models.FunctionalModel` (a fresh one: it is meta-trained,
+            pretrained and trained from scratch per fold).
+        families: all families; each fold holds out groups (``Family.group``).
+        test: ``"leave-one-out"`` over groups, a fraction of groups, or group names.
+        val: meta-validation share of the other groups, or names; every hyperparameter is
+            chosen on these.
+        settings: what to evaluate (:class:`EvaluationSettings`).
+        meta_settings: algorithm and inner loop of the meta-learner.
+        meta_train_settings: its outer loop; ``k_shot``/``q_query`` are capped per fold to what
+            the meta-train families allow.
+        target_transform: a fitted :class:`~matmeta.models._transforms.TargetTransform`; errors
+            are reported in its log10 space for log targets, else in the target's units.
+        units: the units of the reported error (for the table).
+        device: where tensors live.
+        progress: show a progress bar over folds (default: on a terminal).
+        log: called with one line per fold (e.g. ``print``).
+
+    Returns:
+        An :class:`EvaluationResult`.
+
+    Raises:
+        InputError: a k no test family can host (explicit ``shots``), an unknown method, a
+            method that does not apply to the model, splits without validation or test groups.
+    """
+    settings = settings or EvaluationSettings()
+    meta = (meta_settings or MetaSettings()).resolve(model)
+    mts = meta_train_settings or MetaTrainSettings(steps=200, meta_batch=8)
+    device = torch.device(device)
+    parametric, ft_lrs, scratch_lr, pre_lr = _resolve(model, settings)
+    metric = settings.metric if settings.metric != "auto" else ("rmse" if parametric else "mae")
+    methods = settings.methods or tuple(m for m in EVAL_METHODS
+                                        if parametric or m not in PARAMETRIC_ONLY)
+    wrong = [m for m in methods if m in PARAMETRIC_ONLY and not parametric]
+    if wrong:
+        raise InputError(f"method {wrong[0]!r} fits a parametric law; model {model.name!r} is "
+                         "not one")
+    if not families:
+        raise InputError("no families to evaluate")
+    report = _report_fn(target_transform)
+    folds = family_folds(families, test=test, val=val, seed=settings.seed)
+    test_all = [f for _, _, te in folds for f in te]
+    largest = max(len(f) for f in test_all)
+    if settings.shots is None:
+        shots = tuple(k for k in DEFAULT_SHOTS if k < largest)
+        dropped = [k for k in DEFAULT_SHOTS if k >= largest]
+        if not shots:
+            raise InputError(f"no test family has more than 1 sample (largest {largest}): "
+                             "nothing to adapt to and predict")
+    else:
+        shots, dropped = tuple(settings.shots), []
+        over = [k for k in shots if k >= largest]
+        if over:
+            big = max(test_all, key=len)
+            raise InputError(f"k={over[0]}: no test family has more than {over[0]} samples "
+                             f"(largest: {big.name!r} with {len(big)}); a task needs k support "
+                             "samples and at least one query sample")
+    notes = []
+    if dropped:
+        notes.append(f"k = {', '.join(map(str, dropped))} left out: no test family has more "
+                     f"than {max(dropped)} samples (largest {largest})")
+    from tqdm.auto import tqdm
+
+    show = sys.stderr.isatty() if progress is None else progress
+    rows: list[dict[str, Any]] = []
+    small: list[dict[str, Any]] = []
+    fold_info: list[dict[str, Any]] = []
+    fallbacks: dict[str, int] = {}
+    for fi, (train_f, val_f, test_f) in enumerate(tqdm(folds, desc="evaluate folds",
+                                                        disable=not show, leave=False)):
+        _check_no_leak(train_f, val_f, test_f)
+        ctx = _Context(model, settings, meta, device)
+        ctx.finetune_lrs, ctx.scratch_lr = ft_lrs, scratch_lr
+        ctx.scratch_seed = settings.seed + 1000 * fi
+        info: dict[str, Any] = {
+            "fold": fi, "train": sorted({f.group for f in train_f}),
+            "val": sorted({f.group for f in val_f}), "test": sorted({f.group for f in test_f}),
+            "chosen": {}}
+        if {"meta", "meta_init", "map"} & set(methods):
+            ctx.meta_params = _meta_train_fold(model, train_f, val_f, meta, mts, device,
+                                               settings.seed + fi)
+        if {"pretrained", "finetune", "offset"} & set(methods):
+            init = None
+            if parametric:
+                init = _init_params(model, settings.seed, train_f[0].y.dtype)
+            ctx.pretrained = pretrain(model, train_f, val_f, steps=settings.pretrain_steps,
+                                      lr=pre_lr, batch_size=settings.pretrain_batch,
+                                      seed=settings.seed + fi, init=init, device=device)
+        if "map" in methods:
+            ctx.prior_mean, ctx.prior_std = _prior_from_fits(model, ctx.meta_params, train_f)
+            info["prior"] = {"names": list(model.flat_names),
+                             "mean": ctx.prior_mean.tolist(), "std": ctx.prior_std.tolist()}
+        chosen_prev: dict[str, Any] = {}
+        for k in shots:
+            chosen = _choose(ctx, methods, val_f, k, settings, metric, report, chosen_prev)
+            chosen_prev = chosen
+            info["chosen"][str(k)] = {m: _plain(v) for m, v in chosen.items()}
+            for fam in test_f:
+                if len(fam) <= k:
+                    small.append({"fold": fi, "family": fam.name, "group": fam.group,
+                                  "n_samples": len(fam), "k": k})
+                    continue
+                for r in range(settings.repeats):
+                    s, q = _draw(fam, k, r, settings.seed, settings.q_query)
+                    s, q = _to(s, device), _to(q, device)
+                    for m in methods:
+                        if m == "independent" and k < model.num_params:
+                            continue
+                        opts = getattr(ctx, f"{m}_options")(s, q, [chosen[m]])
+                        pred = opts[chosen[m]]
+                        rows.append({"fold": fi, "group": fam.group, "family": fam.name, "k": k,
+                                     "repeat": r, "method": m,
+                                     "error": _error(pred, q.y, metric, report)})
+        for m, n in ctx.fallbacks.items():
+            fallbacks[m] = fallbacks.get(m, 0) + n
+        fold_info.append(info)
+        if log is not None:
+            log(f"fold {fi + 1}/{len(folds)}: test {', '.join(info['test'])} done")
+    tasks = pd.DataFrame(rows, columns=["fold", "group", "family", "k", "repeat", "method",
+                                        "error"])
+    if "independent" in methods and any(k < model.num_params for k in shots):
+        notes.append(f"independent fits need k >= {model.num_params} points "
+                     f"({', '.join(model.flat_names)}); not reported below that")
+    for m, n in fallbacks.items():
+        what = ("predicted the support mean" if m == "independent"
+                else "kept the prior mean")
+        notes.append(f"{m}: {n} fits (validation and test) refused by the fitter (support values "
+                     f"all equal, or too few points) {what}")
+    table = _summarise(tasks, methods, shots, settings, metric, units, fold_info)
+    small_df = pd.DataFrame(small, columns=["fold", "family", "group", "n_samples", "k"])
+    if len(small_df):
+        counts = small_df.groupby("k").size()
+        notes.append("test families too small for k (reported, not evaluated): "
+                     + "; ".join(f"k={k}: {n}" for k, n in counts.items()))
+    return EvaluationResult(table, tasks, small_df, fold_info, settings, notes)
+
+
+def _report_fn(transform: Any) -> Callable[[Tensor], Tensor]:
+    if transform is None:
+        return lambda y: y
+    if getattr(transform, "log", False):
+        return transform.to_log_space
+    return transform.inverse
+
+
+def _plain(v: Any) -> Any:
+    if isinstance(v, tuple):
+        return [_plain(x) for x in v]
+    if isinstance(v, float) and math.isinf(v):
+        return "inf"
+    return v
+
+
+def _meta_train_fold(model: FunctionalModel, train_f: Sequence[Family], val_f: Sequence[Family],
+                     meta: MetaSettings, mts: MetaTrainSettings, device: torch.device,
+                     seed: int) -> Params:
+    largest = max(len(f) for f in train_f)
+    k = min(mts.k_shot, max(largest - 1, 1))
+    q = max(1, min(mts.q_query, largest - k))
+    opts = dataclasses.replace(mts, k_shot=k, q_query=q, seed=seed)
+    val_ok = [f for f in val_f if len(f) >= k + q]
+    import warnings
+
+    with warnings.catch_warnings():
+        # families too small for the meta-training episodes are named by the sampler; in an
+        # evaluation they still serve as test/validation tasks at smaller k
+        warnings.simplefilter("ignore")
+        dtype = train_f[0].y.dtype
+        res = meta_train(model, train_f, val_ok, settings=meta, train=opts, device=device,
+                         progress=False, init_params=_init_params(model, seed, dtype))
+    return {k_: v.detach() for k_, v in res.meta_params.items()}
+
+
+def _prior_from_fits(model: Any, meta_params: Params, train_f: Sequence[Family]
+                     ) -> tuple[Tensor, Tensor]:
+    """Prior mean = meta-learned initialisation; std = robust spread of independent fits to the
+    meta-train families (all their points), floored at 0.05."""
+    from matmeta.fitting import fit_curves
+
+    mean = model.flatten(model_params(meta_params)).detach().double().cpu()
+    usable = [f for f in train_f if len(f) >= model.num_params
+              and float(f.y.max()) > float(f.y.min())]
+    std = torch.full_like(mean, 1.0)
+    if len(usable) >= 2:
+        try:
+            res = fit_curves(model, [f.inputs.double().cpu() for f in usable],
+                             [f.y.double().cpu() for f in usable])
+            theta = res.theta[torch.isfinite(res.theta).all(-1)]
+            if theta.shape[0] >= 2:
+                med = theta.median(0).values
+                mad = (theta - med).abs().median(0).values * 1.4826
+                std = torch.where(mad > 0, mad, theta.std(0))
+        except InputError:
+            pass
+    std = torch.where(torch.isfinite(std), std, torch.ones_like(std)).clamp_min(0.05)
+    return mean, std
+
+
+def _choose(ctx: _Context, methods: Sequence[str], val_f: Sequence[Family], k: int,
+            settings: EvaluationSettings, metric: str, report: Callable[[Tensor], Tensor],
+            previous: dict[str, Any]) -> dict[str, Any]:
+    """Per method, the option with the lowest mean error on meta-validation tasks at this k."""
+    usable = [f for f in val_f if len(f) > k]
+    scores: dict[str, dict[Any, list[float]]] = {m: {} for m in methods}
+    for fam in usable:
+        for r in range(settings.val_repeats):
+            s, q = _draw(fam, k, r, settings.seed + 99991, settings.q_query)
+            s, q = _to(s, ctx.device), _to(q, ctx.device)
+            for m in methods:
+                if m == "independent" or (m == "meta_init" or m == "pretrained"):
+                    continue
+                for opt, pred in getattr(ctx, f"{m}_options")(s, q).items():
+                    scores[m].setdefault(opt, []).append(_error(pred, q.y, metric, report))
+    chosen: dict[str, Any] = {}
+    for m in methods:
+        if not scores[m]:
+            chosen[m] = previous.get(m, _default_option(ctx, m))
+            continue
+        means = {o: float(np.mean(v)) for o, v in scores[m].items()}
+        finite = {o: v for o, v in means.items() if math.isfinite(v)}
+        chosen[m] = min(finite, key=finite.get) if finite else _default_option(ctx, m)
+    return chosen
+
+
+def _default_option(ctx: _Context, method: str) -> Any:
+    s = ctx.settings
+    return {
+        "meta": (ctx.meta.steps_at_eval if ctx.meta.steps_at_eval in s.meta_steps
+                 else s.meta_steps[0], 1.0 if 1.0 in s.meta_lr_scales else s.meta_lr_scales[0]),
+        "finetune": (0, ctx.finetune_lrs[0]),
+        "offset": math.inf if math.inf in s.shrinkage else max(s.shrinkage),
+        "scratch": max(s.scratch_steps),
+        "map": 0.05 if 0.05 in s.noise_stds else s.noise_stds[0],
+    }.get(method)
+
+
+def _summarise(tasks: pd.DataFrame, methods: Sequence[str], shots: Sequence[int],
+               settings: EvaluationSettings, metric: str, units: str,
+               folds: list[dict[str, Any]]) -> pd.DataFrame:
+    out = []
+    for k in shots:
+        for m in methods:
+            sel = tasks[(tasks.k == k) & (tasks.method == m)]
+            if sel.empty:
+                continue
+            per_group = sel.groupby("group")["error"].mean()
+            mean, lo, hi = bootstrap_interval(per_group.to_numpy(), settings.bootstrap,
+                                              settings.level, _seed_of(settings.seed, k, m))
+            chosen = sorted({json.dumps(f["chosen"].get(str(k), {}).get(m)) for f in folds})
+            out.append({"k": k, "method": m, "error": mean, "ci_low": lo, "ci_high": hi,
+                        "median_task": float(sel["error"].median()),
+                        "n_groups": int(per_group.size), "n_tasks": int(len(sel)),
+                        "metric": metric, "units": units,
+                        "chosen": ";".join(c for c in chosen if c != "null")})
+    cols = ["k", "method", "error", "ci_low", "ci_high", "median_task", "n_groups", "n_tasks",
+            "metric", "units", "chosen"]
+    return pd.DataFrame(out, columns=cols)

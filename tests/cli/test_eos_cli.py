@@ -1,0 +1,54 @@
+"""`matmeta eos fit` against ASE's own Birch-Murnaghan fit on EMT energies."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import numpy as np
+import pandas as pd
+
+from matmeta.cli.main import main
+
+
+def emt_rows(symbol, a0):
+    from ase.build import bulk
+    from ase.calculators.emt import EMT
+
+    rows = []
+    for s in np.linspace(0.95, 1.05, 7):
+        atoms = bulk(symbol, "fcc", a=a0 * s)
+        atoms.calc = EMT()
+        rows.append({"material": symbol, "volume_A3": atoms.get_volume(),
+                     "energy_eV": atoms.get_potential_energy()})
+    return rows
+
+
+def test_eos_cli_matches_ase(tmp_path, capsys):
+    from ase.eos import EquationOfState
+    from ase.units import GPa
+
+    df = pd.DataFrame(emt_rows("Cu", 3.6) + emt_rows("Pd", 3.9))
+    src = tmp_path / "ev.csv"
+    df.to_csv(src, index=False)
+    assert main(["eos", "fit", str(src), "--out", str(tmp_path / "eos.csv"), "--json"]) == 0
+    rows = json.loads(capsys.readouterr().out)
+    assert [r["material"] for r in rows] == ["Cu", "Pd"]
+    for r in rows:
+        cur = df[df.material == r["material"]]
+        v0, e0, b0 = EquationOfState(cur.volume_A3.to_numpy(), cur.energy_eV.to_numpy(),
+                                     eos="birchmurnaghan").fit()
+        assert r["converged"]
+        assert math.isclose(r["V0_A3"], v0, rel_tol=1e-6)
+        assert math.isclose(r["B0_GPa"], b0 / GPa, rel_tol=1e-5)
+        assert math.isclose(r["E0_eV"], e0, rel_tol=1e-6, abs_tol=1e-7)
+    assert (tmp_path / "eos.csv").exists()
+
+
+def test_eos_cli_bad_volume_names_row(tmp_path, capsys):
+    src = tmp_path / "bad.csv"
+    src.write_text("volume_A3,energy_eV\n10,-1\n-11,-1.1\n12,-1.05\n13,-1\n14,-0.9\n")
+    out = tmp_path / "o.csv"
+    assert main(["eos", "fit", str(src), "--out", str(out)]) == 2
+    err = capsys.readouterr().err
+    assert "row 3, column 'volume_A3'" in err and not out.exists()
