@@ -23,7 +23,7 @@ Pretraining keeps the Adam iterate with the lowest validation-system MAE (checke
 steps), so the number of steps is chosen on validation systems too.
 
 Run:
-    OMP_NUM_THREADS=1 python benchmarks/bench_composition.py            # 2 seeds, ~2-4 min
+    OMP_NUM_THREADS=1 python benchmarks/bench_composition.py            # 2 seeds, ~5 min
     OMP_NUM_THREADS=1 python benchmarks/bench_composition.py --seeds 1 --folds 2 --steps 200
 """
 

@@ -46,7 +46,7 @@ def jmak_request(k: int, seed: int = 0) -> InfluenceRequest:
     start = model.from_physical(k_per_s=5e-4, n=1.5)
     yq = model.forward(truth, tq) + 0.03 * torch.randn(10, generator=gen, dtype=F64)
     return InfluenceRequest(model, start, Samples(t, y), {"steps": 300, "lr": 5.0},
-                            query=Samples(tq, yq), targets=("query_loss", "params"))
+                            query=Samples(tq, yq))
 
 
 def mlp_request(k: int, seed: int = 0) -> InfluenceRequest:

@@ -114,7 +114,7 @@ def lml_derivatives(
     """Value, gradient and Hessian of ``log N(r; 0, C(theta))`` in closed form.
 
     With ``P = C^-1``, ``a = P r``, ``D_i = dC/dtheta_i`` and ``D_ij = d2C/dtheta_i dtheta_j``
-    (absent pairs are zero)::
+    (absent pairs are zero; give each unordered pair once)::
 
         g_i  = a' D_i a / 2 - tr(P D_i) / 2
         H_ij = a' D_ij a / 2 - a' D_i P D_j a - tr(P D_ij) / 2 + tr(P D_i P D_j) / 2
@@ -130,21 +130,18 @@ def lml_derivatives(
     P = torch.cholesky_solve(eye, L)
     a = (P @ r.unsqueeze(-1)).squeeze(-1)
     value = gaussian_log_density(r, L)
+    Ds = torch.stack(D)  # (n, K, K), symmetric
+    Da = Ds @ a  # (n, K)
+    PD = P @ Ds  # (n, K, K)
+    g = 0.5 * (Da @ a) - 0.5 * torch.diagonal(PD, dim1=-2, dim2=-1).sum(-1)
+    # tr(P D_i P D_j) = sum_kl (P D_i)_kl (P D_j)_lk
+    h = -(Da @ P @ Da.T) + 0.5 * torch.einsum("ikl,jlk->ij", PD, PD)
     n = len(D)
-    Da = [Di @ a for Di in D]
-    PD = [P @ Di for Di in D]
-    g = torch.stack([0.5 * (a * Da[i]).sum() - 0.5 * torch.diagonal(PD[i]).sum() for i in range(n)])
-    rows = []
-    for i in range(n):
-        row = []
-        for j in range(n):
-            h = -(Da[i] * (P @ Da[j])).sum() + 0.5 * (PD[i] * PD[j].T).sum()
-            Dij = DD.get((i, j), DD.get((j, i)))
-            if Dij is not None:
-                h = h + 0.5 * (a * (Dij @ a)).sum() - 0.5 * (P * Dij).sum()
-            row.append(h)
-        rows.append(torch.stack(row))
-    return value, g, torch.stack(rows)
+    for (i, j), Dij in DD.items():
+        unit = torch.zeros(n, n, dtype=h.dtype, device=h.device)
+        unit[i, j] = unit[j, i] = 1.0
+        h = h + (0.5 * (a * (Dij @ a)).sum() - 0.5 * (P * Dij).sum()) * unit
+    return value, g, h
 
 
 def maximise(

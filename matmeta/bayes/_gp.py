@@ -199,7 +199,8 @@ def fit_gp(
     The free log-hyperparameters maximise the log marginal likelihood plus, when ``hyper_std``
     is set, a weak Gaussian hyperprior centred at the start (std ``hyper_std`` in natural-log
     units), which keeps lengthscale and noise finite on tiny support sets. The start: lengthscale
-    the median pairwise distance of the support features, signal variance 1/2, linear part 1/4
+    the median pairwise distance of the support features (the lower middle value of an even
+    count), signal variance 1/2, linear part 1/4
     (per mean squared feature norm) and noise 1/4 of the targets' mean square. A kernel matrix that
     is numerically singular (duplicated inputs with a fixed zero noise) gets the smallest
     power-of-ten jitter that factorises it; the value is warned about and kept in
@@ -219,7 +220,7 @@ def fit_gp(
         init: starting values (physical) of any of ``lengthscale``, ``signal_var``,
             ``linear_var``, ``noise_var``; also the hyperprior centre (meta-learnable tensors).
         hyper_std: std of the hyperprior on the log hyperparameters; None switches it off.
-        steps: Newton steps.
+        steps: Newton steps at most (fewer once converged, outside ``vmap``).
         differentiate: ``"implicit"``, ``"unrolled"`` or ``"none"``.
 
     Returns:

@@ -222,8 +222,9 @@ def fit_bayes_linear(
     ``hyper_std`` in natural-log units): a type-II MAP that keeps the optimum finite when the
     evidence alone would send the noise to zero (K points interpolated exactly). ``hyper_std=None``
     gives pure type-II maximum likelihood. The optimiser is :func:`~matmeta.bayes._core.maximise`
-    (damped Newton, ``steps`` steps); with ``differentiate="implicit"`` gradients flow to
-    ``features``, ``y``, ``prior_mean`` and ``init`` through the implicit function theorem.
+    (damped Newton, at most ``steps`` steps, fewer once converged outside ``vmap``); with
+    ``differentiate="implicit"`` gradients flow to ``features``, ``y``, ``prior_mean`` and
+    ``init`` through the implicit function theorem.
 
     Example:
         >>> post = fit_bayes_linear(phi, y)                       # phi (K, d), y (K,)
@@ -244,7 +245,7 @@ def fit_bayes_linear(
             None: a data-driven start (signal variance 3/4, noise 1/4 of the mean square residual
             about the prior mean).
         hyper_std: std of the hyperprior on ``log alpha``, ``log beta``; None switches it off.
-        steps: Newton steps (each one Hessian of the 2-parameter objective).
+        steps: Newton steps at most (each one closed-form gradient and Hessian).
         differentiate: ``"implicit"``, ``"unrolled"`` or ``"none"`` (see ``maximise``).
         form: ``"auto"``, ``"dual"`` or ``"primal"``.
 

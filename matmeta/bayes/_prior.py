@@ -213,6 +213,9 @@ class ParametricPosterior:
         cov: (P, P) Laplace covariance of ``theta``.
         noise_std: std of one measurement (target units), added in :meth:`predict`.
         default_samples: posterior draws :meth:`predict` uses when not told (None: delta method).
+        log_evidence: Laplace approximation of ``log p(y | prior)`` (nats), exact for a law
+            linear in its parameters: the held-out marginal likelihood of this family under the
+            prior, for comparing priors on families they were not learned from.
     """
 
     model: Any
@@ -221,6 +224,7 @@ class ParametricPosterior:
     cov: Tensor
     noise_std: float
     default_samples: int | None = None
+    log_evidence: float | None = None
 
     @property
     def names(self) -> list[str]:
@@ -345,7 +349,21 @@ def adapt_parametric(
     res = fit_curves(
         model, [inputs], [y], prior=prior, noise_std=s, weight=None if weight is None else [weight]
     )
-    return ParametricPosterior(model, prior, res.theta[0], res.cov[0], s)
+    from matmeta.fitting import pad_curves
+
+    x_pad, y_pad, w_pad, _ = pad_curves([inputs], [y], None if weight is None else [weight])
+    f, _ = model.value_and_jacobian(res.theta, x_pad)
+    evidence = _laplace_objective(
+        res.theta,
+        res.cov,
+        f,
+        y_pad,
+        w_pad,
+        prior.mean.to(res.theta),
+        prior.cov.to(res.theta),
+        s * s,
+    )
+    return ParametricPosterior(model, prior, res.theta[0], res.cov[0], s, log_evidence=evidence)
 
 
 class ParametricPriorHead:

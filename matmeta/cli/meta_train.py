@@ -42,7 +42,7 @@ DEFAULTS = {
     "batching": "auto", "outer_optimizer": "adam", "outer_lr": 1e-3, "schedule": "constant",
     "clip": None, "val_families": 0.2, "test_families": 0.0, "val_every": 50, "val_tasks": 32,
     "checkpoint_every": 100, "plot": None, "prior": None, "dtype": "float32",
-    "hidden": None,
+    "hidden": None, "fraction_tolerance": 0.0, "allow_negative_time": None,
 }
 MODELS = ("arrhenius_jmak", "cgcnn", "gnn", "jmak", "mlp")
 
@@ -78,6 +78,11 @@ def add_parser(subparsers) -> None:
                    help="target transform fitted on meta-train families [default: "
                         "log10_standardize for graph models, standardize for mlp; kinetics "
                         "fractions are not transformed]")
+    g.add_argument("--fraction-tolerance", type=float, default=None,
+                   help="kinetics: accept fractions in [-tol, 1 + tol], kept as measured [0]")
+    g.add_argument("--allow-negative-time", action="store_true", default=None,
+                   help="kinetics: keep negative times (digitisation noise near t = 0) as "
+                        "measured; JMAK predicts 0 there [default: refuse them]")
     g.add_argument("--val-families", default=None,
                    help="meta-validation families: a fraction of the groups or comma-separated "
                         "names [default: 0.2]")
@@ -186,6 +191,17 @@ def _names(value) -> list[str] | None:
 
 def run(args: argparse.Namespace) -> int:
     import sys
+    import warnings
+
+    with warnings.catch_warnings():
+        # one line per warning (families too small for k + q ...), without Python's source echo
+        warnings.showwarning = lambda msg, *a, **k: print(
+            f"matmeta meta-train: warning: {msg}", file=sys.stderr)
+        return _run(args)
+
+
+def _run(args: argparse.Namespace) -> int:
+    import sys
     from pathlib import Path
 
     import pandas as pd
@@ -230,7 +246,17 @@ def run(args: argparse.Namespace) -> int:
         checkpoint_every=int(opts["checkpoint_every"]), seed=int(args.seed))
 
     featurizer = None
-    if kind in PARAMETRIC or kind == "mlp":
+    if kind in PARAMETRIC:
+        from matmeta.io.kinetics import read_kinetics_table
+
+        table = read_kinetics_table(args.data,
+                                    fraction_tolerance=float(opts["fraction_tolerance"]),
+                                    allow_negative_time=bool(opts["allow_negative_time"]),
+                                    require_temperature=True)
+        df = table.data.set_index("row")
+        if opts["family"] is None:
+            opts["family"] = table.group_columns[0] if table.group_columns else "dataset_id"
+    elif kind == "mlp":
         path = Path(args.data)
         if not path.is_file():
             raise InputError(f"--data {path}: no such file")
@@ -253,7 +279,8 @@ def run(args: argparse.Namespace) -> int:
         df, kind, family=opts["family"], target=opts["target"],
         features=_names(opts["features"]), formula_column=opts["formula_column"],
         structure_column=opts["structure_column"] or "structure", featurizer=featurizer,
-        dtype=dtype, source=str(args.data))
+        dtype=dtype, source=str(args.data),
+        allow_negative_time=bool(opts["allow_negative_time"]))
     train_f, val_f, test_f = split_families(
         families, val=_split_spec(opts["val_families"]), test=_split_spec(opts["test_families"]),
         seed=int(args.seed))

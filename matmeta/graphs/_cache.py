@@ -45,7 +45,12 @@ _HASH_RESOLUTION_A = 1e-5
 
 
 def structure_key(crystal: Crystal) -> str:
-    """Content hash of a structure (independent of its file name)."""
+    """Content hash of a structure (independent of its file name).
+
+    Example:
+        >>> structure_key(read_structure("a.cif")) == structure_key(read_structure("copy.cif"))
+        True
+    """
     h = hashlib.sha256()
     h.update(np.ascontiguousarray(crystal.numbers, dtype=np.int64).tobytes())
     h.update(np.rint(crystal.positions / _HASH_RESOLUTION_A).astype(np.int64).tobytes())

@@ -53,6 +53,10 @@ def resolve_settings(settings: FeaturizerSettings | None, cutoff: Any = _UNSET,
 def graph_arrays(crystal: Crystal, settings: FeaturizerSettings) -> dict[str, np.ndarray]:
     """The graph of ``crystal`` as numpy arrays (keys :data:`GRAPH_FIELDS`); no torch involved.
 
+    Example:
+        >>> arrays = graph_arrays(read_structure("NaCl.cif"), FeaturizerSettings())
+        >>> arrays["edge_index"].shape, arrays["cutoff_used"]
+
     Raises:
         InputError: atoms closer than ``settings.min_distance``, or an atom with no neighbour
             within the cutoff (unless ``settings.grow_cutoff``).
@@ -76,7 +80,11 @@ def graph_arrays(crystal: Crystal, settings: FeaturizerSettings) -> dict[str, np
 
 
 def graph_from_arrays(arrays: dict[str, np.ndarray], source: str = "") -> Any:
-    """Wrap :func:`graph_arrays` output as a ``torch_geometric.data.Data``."""
+    """Wrap :func:`graph_arrays` output as a ``torch_geometric.data.Data``.
+
+    Example:
+        >>> graph = graph_from_arrays(graph_arrays(crystal, settings), crystal.source)
+    """
     from torch_geometric.data import Data
 
     z = torch.from_numpy(np.array(arrays["z"], dtype=np.int64))

@@ -96,6 +96,10 @@ def select_nearest(nl: NeighborList, num_atoms: int, max_neighbors: int | None,
                    ) -> tuple[NeighborList, np.ndarray]:
     """Order edges and keep at most ``max_neighbors`` nearest per centre atom.
 
+    Example:
+        >>> nl = neighbor_list(crystal, 6.0)
+        >>> kept, counts = select_nearest(nl, crystal.num_atoms, 12)
+
     Edges come out sorted by centre atom, then distance (ties within 1e-8 angstrom are exact),
     then neighbour index, then image offset (a, b, c ascending); with a cap, each centre keeps
     the first ``max_neighbors`` of that order.

@@ -34,7 +34,12 @@ def _data_dir() -> Path:
 
 
 def builtin_path(name: str) -> Path:
-    """Path of a shipped dataset file (see :data:`BUILTIN_DATASETS`)."""
+    """Path of a shipped dataset file (see :data:`BUILTIN_DATASETS`).
+
+    Example:
+        >>> builtin_path("dcdft_elements").name
+        'dcdft_elements.json'
+    """
     if name not in BUILTIN_DATASETS:
         raise InputError(f"unknown built-in dataset {name!r}; expected one of "
                          f"{sorted(BUILTIN_DATASETS)}")

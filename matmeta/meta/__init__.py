@@ -12,7 +12,7 @@ from matmeta.meta._algorithms import (
     query_losses,
     task_meta_gradient,
 )
-from matmeta.meta._data import GROUPINGS, families_from_table, family_keys
+from matmeta.meta._data import GROUPINGS, families_from_table, family_keys, transform_families
 from matmeta.meta._inner import inner_loop
 from matmeta.meta._tasks import (
     EpisodeSampler,
@@ -63,5 +63,6 @@ __all__ = [
     "split_families",
     "stack_tasks",
     "task_meta_gradient",
+    "transform_families",
     "write_prior",
 ]

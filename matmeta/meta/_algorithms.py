@@ -10,7 +10,8 @@ Algorithms (``MetaSettings.algorithm``):
 - ``maml``: exact second-order MAML (differentiates through every inner step).
 - ``fomaml``: first-order MAML (inner gradients detached: the query gradient at the adapted
   parameters).
-- ``reptile``: the meta-gradient is ``params - adapted``; SGD with rate eps on it is Reptile's
+- ``reptile``: the meta-gradient is ``params - adapted`` (adapted on the support set; the query
+  set only measures the loss); SGD with rate eps on it is Reptile's
   ``params += eps * (adapted - params)``.
 - ``metasgd``: second-order MAML that also learns one positive inner rate per parameter entry,
   stored as ``"inner_lr::<name>"`` = log(rate) in the meta-parameters.

@@ -93,8 +93,8 @@ def families_from_table(df: pd.DataFrame, model: str, *, family: str | None = No
                         time_column: str = "time_s", temperature_column: str = "temperature_K",
                         fraction_column: str = "fraction", weight_column: str | None = None,
                         featurizer: Any = None, target_transform: Any = None,
-                        dtype: torch.dtype = torch.float32, source: str | None = None
-                        ) -> list[Family]:
+                        dtype: torch.dtype = torch.float32, source: str | None = None,
+                        allow_negative_time: bool = False) -> list[Family]:
     """Turn a validated table into :class:`Family` objects for ``model``.
 
     Example:
@@ -116,6 +116,8 @@ def families_from_table(df: pd.DataFrame, model: str, *, family: str | None = No
             target (graph and MLP models); None keeps the target as is.
         dtype: float dtype of the tensors.
         source: the file name used in error messages.
+        allow_negative_time: kinetics: keep negative times (digitisation noise) as measured
+            instead of refusing them.
 
     Returns:
         Families sorted by name, each with its rows' source row numbers.
@@ -137,7 +139,7 @@ def families_from_table(df: pd.DataFrame, model: str, *, family: str | None = No
             raise InputError(f"{where(source, df.index[i], weight_column)}negative weight")
     if model in PARAMETRIC:
         t = _numeric(df, time_column, source)
-        if (t < 0).any():
+        if (t < 0).any() and not allow_negative_time:
             i = int(np.flatnonzero(t < 0)[0])
             raise InputError(f"{where(source, df.index[i], time_column)}{t[i]}: expected a "
                              "time >= 0 in seconds")

@@ -360,33 +360,84 @@ def pretrain(model: FunctionalModel, train_families: Sequence[Family],
     return {k: v.detach() for k, v in best.items()}
 
 
-def _sgd_path(model: FunctionalModel, params: Params, support: Samples, query_inputs: Any,
-              steps: Sequence[int], lr: float, per_param_lr: Params | None = None,
-              trainable: Sequence[str] | None = None, proximal: float = 0.0
-              ) -> dict[int, Tensor]:
-    """Query predictions after each step count in ``steps`` of one inner-loop run."""
+Batch = list[tuple[Samples, Samples]]
+
+
+def _stackable(batch: Batch) -> bool:
+    """Tasks whose supports are tensors of one shape go through ``vmap`` together."""
+    sup = [s for s, _ in batch]
+    return (all(isinstance(s.inputs, Tensor) for s in sup)
+            and len({(tuple(s.inputs.shape), s.weight is None) for s in sup}) == 1)
+
+
+def _stack(samples: list[Samples]) -> tuple[Samples, Samples]:
+    w = None if samples[0].weight is None else torch.stack([s.weight for s in samples])
+    st = Samples(torch.stack([s.inputs for s in samples]), torch.stack([s.y for s in samples]), w)
+    dims = Samples(0, 0, None if w is None else 0)
+    return st, dims
+
+
+def _sgd_paths(model: FunctionalModel, params: Params, batch: Batch, steps: Sequence[int],
+               lr: float, per_param_lr: Params | None = None,
+               trainable: Sequence[str] | None = None, proximal: float = 0.0
+               ) -> list[dict[int, Tensor]]:
+    """Per task, query predictions after each step count in ``steps`` of one inner-loop run
+    (tasks with equal tensor supports run together under ``vmap``)."""
     top = max(steps)
-    adapted, path = inner_loop(model, params, support, steps=top, lr=lr,
-                               per_param_lr=per_param_lr, trainable=trainable,
-                               proximal=proximal, return_trajectory=True)
-    path = [*path, adapted]
-    return {s: model.forward(path[s], query_inputs).detach() for s in steps}
+
+    def run(support: Samples) -> tuple[Params, list[Params]]:
+        return inner_loop(model, params, support, steps=top, lr=lr, per_param_lr=per_param_lr,
+                          trainable=trainable, proximal=proximal, return_trajectory=True)
+
+    if _stackable(batch) and len(batch) > 1:
+        sup, dims = _stack([s for s, _ in batch])
+        adapted, path = torch.func.vmap(run, in_dims=(dims,))(sup)
+        path = [*path, adapted]
+        return [{s: model.forward({k: v[j] for k, v in path[s].items()}, q.inputs).detach()
+                 for s in steps} for j, (_, q) in enumerate(batch)]
+    out = []
+    for s_, q in batch:
+        adapted, path = run(s_)
+        path = [*path, adapted]
+        out.append({s: model.forward(path[s], q.inputs).detach() for s in steps})
+    return out
 
 
-def _adam_path(model: FunctionalModel, params: Params, support: Samples, query_inputs: Any,
-               steps: Sequence[int], lr: float) -> dict[int, Tensor]:
-    """Query predictions after each step count of Adam on the support loss."""
-    opts = MetaTrainSettings(steps=max(max(steps), 1), outer_lr=float(lr), clip=10.0)
-    state = outer_init(params)
-    grad_fn = torch.func.grad(lambda p: sample_loss(model, p, support))
-    out = {}
+def _adam_paths(model: FunctionalModel, params: Params, batch: Batch, steps: Sequence[int],
+                lr: float) -> list[dict[int, Tensor]]:
+    """Per task, query predictions after each step count of Adam on its support loss, every
+    task from the same ``params`` (no gradient clipping, so tasks never couple)."""
+    opts = MetaTrainSettings(steps=max(max(steps), 1), outer_lr=float(lr))
     want = set(steps)
-    for s in range(max(steps) + 1):
-        if s in want:
-            out[s] = model.forward(params, query_inputs).detach()
-        if s == max(steps):
-            break
-        params, state = outer_update(params, grad_fn(params), state, opts)
+    grad_fn = torch.func.grad(lambda p, s: sample_loss(model, p, s))
+    if _stackable(batch) and len(batch) > 1:
+        sup, dims = _stack([s for s, _ in batch])
+        n = len(batch)
+        p = {k: v.unsqueeze(0).expand(n, *v.shape).clone() for k, v in params.items()}
+        step_fn = torch.func.vmap(grad_fn, in_dims=(0, dims))
+    else:
+        sup, p, step_fn = None, None, None
+    if step_fn is not None:
+        state = outer_init(p)
+        out: list[dict[int, Tensor]] = [{} for _ in batch]
+        for s in range(max(steps) + 1):
+            if s in want:
+                for j, (_, q) in enumerate(batch):
+                    out[j][s] = model.forward({k: v[j] for k, v in p.items()}, q.inputs).detach()
+            if s == max(steps):
+                break
+            p, state = outer_update(p, step_fn(p, sup), state, opts)
+        return out
+    out = []
+    for s_, q in batch:
+        p, state, res = dict(params), outer_init(params), {}
+        for s in range(max(steps) + 1):
+            if s in want:
+                res[s] = model.forward(p, q.inputs).detach()
+            if s == max(steps):
+                break
+            p, state = outer_update(p, grad_fn(p, s_), state, opts)
+        out.append(res)
     return out
 
 
@@ -394,7 +445,11 @@ def _adam_path(model: FunctionalModel, params: Params, support: Samples, query_i
 
 
 class _Context:
-    """Everything one fold's methods need: trained parameters, priors, chosen settings."""
+    """Everything one fold's methods need: trained parameters, priors, chosen settings.
+
+    Each ``<method>_options(batch, only)`` returns, per task of ``batch``, a dict from option
+    (a hyperparameter choice; ``only`` restricts them) to the query predictions.
+    """
 
     def __init__(self, model: FunctionalModel, settings: EvaluationSettings,
                  meta: MetaSettings, device: torch.device) -> None:
@@ -404,99 +459,123 @@ class _Context:
         self.prior_mean: Tensor | None = None
         self.prior_std: Tensor | None = None
         self.scratch_seed = settings.seed
+        self.finetune_lrs: tuple[float, ...] = (0.01,)
+        self.scratch_lr = 0.01
         self.fallbacks: dict[str, int] = {}
 
-    # each method: (support, query, options or None for all) -> {option: query predictions}
-    def meta_options(self, s: Samples, q: Samples, only: list | None = None
-                     ) -> dict[Any, Tensor]:
+    def meta_options(self, batch: Batch, only: list | None = None) -> list[dict[Any, Tensor]]:
         meta = self.meta
         params = model_params(self.meta_params)
         rates = inner_rates(self.meta_params)
         proximal = float(meta.proximal) if meta.algorithm == "imaml" else 0.0
         grid = only or [(st, sc) for sc in self.settings.meta_lr_scales
                         for st in self.settings.meta_steps]
-        out = {}
+        out: list[dict[Any, Tensor]] = [{} for _ in batch]
         for scale in dict.fromkeys(sc for _, sc in grid):
             pr = None if rates is None else {k: v * scale for k, v in rates.items()}
             steps = [st for st, sc in grid if sc == scale]
-            preds = _sgd_path(self.model, params, s, q.inputs, steps,
-                              float(meta.inner_lr) * scale, pr, meta.trainable, proximal)
-            out.update({(st, scale): p for st, p in preds.items()})
+            preds = _sgd_paths(self.model, params, batch, steps, float(meta.inner_lr) * scale,
+                               pr, meta.trainable, proximal)
+            for o, p in zip(out, preds, strict=True):
+                o.update({(st, scale): v for st, v in p.items()})
         return out
 
-    def meta_init_options(self, s: Samples, q: Samples, only: list | None = None
-                          ) -> dict[Any, Tensor]:
+    def meta_init_options(self, batch: Batch, only: list | None = None
+                          ) -> list[dict[Any, Tensor]]:
         params = model_params(self.meta_params)
-        return {None: self.model.forward(params, q.inputs).detach()}
+        return [{None: self.model.forward(params, q.inputs).detach()} for _, q in batch]
 
-    def pretrained_options(self, s: Samples, q: Samples, only: list | None = None
-                           ) -> dict[Any, Tensor]:
-        return {None: self.model.forward(self.pretrained, q.inputs).detach()}
+    def pretrained_options(self, batch: Batch, only: list | None = None
+                           ) -> list[dict[Any, Tensor]]:
+        return [{None: self.model.forward(self.pretrained, q.inputs).detach()} for _, q in batch]
 
-    def finetune_options(self, s: Samples, q: Samples, only: list | None = None
-                         ) -> dict[Any, Tensor]:
+    def finetune_options(self, batch: Batch, only: list | None = None
+                         ) -> list[dict[Any, Tensor]]:
         grid = only or [(st, lr) for lr in self.finetune_lrs
                         for st in self.settings.finetune_steps]
-        out = {}
+        out: list[dict[Any, Tensor]] = [{} for _ in batch]
         for lr in dict.fromkeys(lr for _, lr in grid):
             steps = [st for st, r in grid if r == lr]
-            preds = _sgd_path(self.model, self.pretrained, s, q.inputs, steps, lr)
-            out.update({(st, lr): p for st, p in preds.items()})
+            preds = _sgd_paths(self.model, self.pretrained, batch, steps, lr)
+            for o, p in zip(out, preds, strict=True):
+                o.update({(st, lr): v for st, v in p.items()})
         return out
 
-    def offset_options(self, s: Samples, q: Samples, only: list | None = None
-                       ) -> dict[Any, Tensor]:
-        base = self.model.forward(self.pretrained, q.inputs).detach()
-        resid = s.y - self.model.forward(self.pretrained, s.inputs).detach()
-        w = torch.ones_like(resid) if s.weight is None else s.weight
-        out = {}
-        for lam in only or self.settings.shrinkage:
-            shift = 0.0 if math.isinf(lam) else float((w * resid).sum() / (w.sum() + lam))
-            out[lam] = base + shift
+    def offset_options(self, batch: Batch, only: list | None = None
+                       ) -> list[dict[Any, Tensor]]:
+        out = []
+        for s, q in batch:
+            base = self.model.forward(self.pretrained, q.inputs).detach()
+            resid = s.y - self.model.forward(self.pretrained, s.inputs).detach()
+            w = torch.ones_like(resid) if s.weight is None else s.weight
+            opts = {}
+            for lam in only or self.settings.shrinkage:
+                shift = 0.0 if math.isinf(lam) else float((w * resid).sum() / (w.sum() + lam))
+                opts[lam] = base + shift
+            out.append(opts)
         return out
 
-    def scratch_options(self, s: Samples, q: Samples, only: list | None = None
-                        ) -> dict[Any, Tensor]:
-        init = _init_params(self.model, self.scratch_seed, s.y.dtype)
+    def scratch_options(self, batch: Batch, only: list | None = None
+                        ) -> list[dict[Any, Tensor]]:
+        init = _init_params(self.model, self.scratch_seed, batch[0][0].y.dtype)
         init = {k: v.to(self.device) for k, v in init.items()}
-        return _adam_path(self.model, init, s, q.inputs, only or self.settings.scratch_steps,
-                          self.scratch_lr)
+        return _adam_paths(self.model, init, batch, only or self.settings.scratch_steps,
+                           self.scratch_lr)
 
-    def independent_options(self, s: Samples, q: Samples, only: list | None = None
-                            ) -> dict[Any, Tensor]:
-        return {None: self._fit(s, q, prior=None)}
+    def independent_options(self, batch: Batch, only: list | None = None
+                            ) -> list[dict[Any, Tensor]]:
+        return [{None: p} for p in self._fit(batch, prior=None)]
 
-    def map_options(self, s: Samples, q: Samples, only: list | None = None
-                    ) -> dict[Any, Tensor]:
-        return {noise: self._fit(s, q, prior=noise) for noise in only or self.settings.noise_stds}
+    def map_options(self, batch: Batch, only: list | None = None) -> list[dict[Any, Tensor]]:
+        out: list[dict[Any, Tensor]] = [{} for _ in batch]
+        for noise in only or self.settings.noise_stds:
+            for o, p in zip(out, self._fit(batch, prior=noise), strict=True):
+                o[noise] = p
+        return out
 
-    def _fit(self, s: Samples, q: Samples, prior: float | None) -> Tensor:
+    def _fit(self, batch: Batch, prior: float | None) -> list[Tensor]:
+        """Batched Levenberg-Marquardt fits of every task's support (MAP with a prior)."""
         from matmeta.fitting import fit_curves
         from matmeta.models.parametric import Prior
 
         model = self.model
         name = "independent" if prior is None else "map"
-        y = s.y.detach().double().cpu()
         pr = None
         if prior is not None:
             pr = Prior.from_std(model.name, model.flat_names, self.prior_mean.tolist(),
                                 self.prior_std.tolist(), noise_std=float(prior),
                                 model_config=model.config())
-        try:
-            res = fit_curves(model, [s.inputs.detach().double().cpu()], [y], prior=pr,
-                             weight=None if s.weight is None else [s.weight.double().cpu()])
-            theta = res.theta[0]
-            if not bool(torch.isfinite(theta).all()):
-                raise InputError("non-finite fit")
-        except InputError:
-            # the fitter refuses a support whose values are all equal, or too few points:
-            # answer with the fallback and count it (reported in the table)
-            self.fallbacks[name] = self.fallbacks.get(name, 0) + 1
-            if prior is None:
-                return torch.full_like(q.y, float(y.mean()))
-            theta = self.prior_mean
-        params = model.unflatten(theta.to(q.y.dtype))
-        return model.forward(params, q.inputs).detach().to(q.y.dtype)
+        need = 1 if pr is not None else model.num_params
+        # the fitter refuses supports whose values are all equal, or with too few points: those
+        # tasks get the stated fallback, counted in the notes
+        ok = [j for j, (s, _) in enumerate(batch)
+              if len(s.y) >= need and (len(s.y) == 1 or float(s.y.max()) > float(s.y.min()))]
+        thetas: dict[int, Tensor] = {}
+        if ok:
+            sup = [batch[j][0] for j in ok]
+            try:
+                res = fit_curves(model, [s.inputs.detach().double().cpu() for s in sup],
+                                 [s.y.detach().double().cpu() for s in sup], prior=pr,
+                                 weight=None if sup[0].weight is None
+                                 else [s.weight.double().cpu() for s in sup])
+                for j, th in zip(ok, res.theta, strict=True):
+                    if bool(torch.isfinite(th).all()):
+                        thetas[j] = th
+            except InputError:
+                pass
+        out = []
+        for j, (s, q) in enumerate(batch):
+            if j in thetas:
+                theta = thetas[j]
+            else:
+                self.fallbacks[name] = self.fallbacks.get(name, 0) + 1
+                if prior is None:
+                    out.append(torch.full_like(q.y, float(s.y.mean())))
+                    continue
+                theta = self.prior_mean
+            params = model.unflatten(theta.to(device=q.y.device, dtype=q.y.dtype))
+            out.append(model.forward(params, q.inputs).detach())
+        return out
 
 
 def _resolve(model: FunctionalModel, settings: EvaluationSettings
@@ -657,6 +736,7 @@ def evaluate(model: FunctionalModel, families: Sequence[Family], *,
             chosen = _choose(ctx, methods, val_f, k, settings, metric, report, chosen_prev)
             chosen_prev = chosen
             info["chosen"][str(k)] = {m: _plain(v) for m, v in chosen.items()}
+            keys, batch = [], []
             for fam in test_f:
                 if len(fam) <= k:
                     small.append({"fold": fi, "family": fam.name, "group": fam.group,
@@ -664,15 +744,18 @@ def evaluate(model: FunctionalModel, families: Sequence[Family], *,
                     continue
                 for r in range(settings.repeats):
                     s, q = _draw(fam, k, r, settings.seed, settings.q_query)
-                    s, q = _to(s, device), _to(q, device)
-                    for m in methods:
-                        if m == "independent" and k < model.num_params:
-                            continue
-                        opts = getattr(ctx, f"{m}_options")(s, q, [chosen[m]])
-                        pred = opts[chosen[m]]
-                        rows.append({"fold": fi, "group": fam.group, "family": fam.name, "k": k,
-                                     "repeat": r, "method": m,
-                                     "error": _error(pred, q.y, metric, report)})
+                    keys.append((fam, r))
+                    batch.append((_to(s, device), _to(q, device)))
+            if not batch:
+                continue
+            for m in methods:
+                if m == "independent" and k < model.num_params:
+                    continue
+                preds = getattr(ctx, f"{m}_options")(batch, [chosen[m]])
+                for (fam, r), (_, q), opts in zip(keys, batch, preds, strict=True):
+                    rows.append({"fold": fi, "group": fam.group, "family": fam.name, "k": k,
+                                 "repeat": r, "method": m,
+                                 "error": _error(opts[chosen[m]], q.y, metric, report)})
         for m, n in ctx.fallbacks.items():
             fallbacks[m] = fallbacks.get(m, 0) + n
         fold_info.append(info)
@@ -764,15 +847,17 @@ def _choose(ctx: _Context, methods: Sequence[str], val_f: Sequence[Family], k: i
     """Per method, the option with the lowest mean error on meta-validation tasks at this k."""
     usable = [f for f in val_f if len(f) > k]
     scores: dict[str, dict[Any, list[float]]] = {m: {} for m in methods}
+    batch = []
     for fam in usable:
         for r in range(settings.val_repeats):
             s, q = _draw(fam, k, r, settings.seed + 99991, settings.q_query)
-            s, q = _to(s, ctx.device), _to(q, ctx.device)
-            for m in methods:
-                if m == "independent" or (m == "meta_init" or m == "pretrained"):
-                    continue
-                for opt, pred in getattr(ctx, f"{m}_options")(s, q).items():
-                    scores[m].setdefault(opt, []).append(_error(pred, q.y, metric, report))
+            batch.append((_to(s, ctx.device), _to(q, ctx.device)))
+    for m in methods:
+        if not batch or m in ("independent", "meta_init", "pretrained"):
+            continue
+        for (_, q), opts in zip(batch, getattr(ctx, f"{m}_options")(batch), strict=True):
+            for opt, pred in opts.items():
+                scores[m].setdefault(opt, []).append(_error(pred, q.y, metric, report))
     chosen: dict[str, Any] = {}
     for m in methods:
         if not scores[m]:

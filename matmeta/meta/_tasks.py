@@ -177,15 +177,30 @@ class EpisodeSampler:
 
     def draw(self, family: Family) -> Task:
         """One task from ``family``."""
-        perm = torch.randperm(len(family), generator=self.generator)
-        sup = perm[: self.k_shot]
-        qry = perm[self.k_shot: self.k_shot + self.q_query]
+        return self.materialise(self._draw_index(self.families.index(family)))
+
+    def _draw_index(self, i: int) -> tuple[int, Tensor, Tensor]:
+        perm = torch.randperm(len(self.families[i]), generator=self.generator)
+        return i, perm[: self.k_shot], perm[self.k_shot: self.k_shot + self.q_query]
+
+    def sample_indices(self) -> list[tuple[int, Tensor, Tensor]]:
+        """A meta-batch as (family index, support rows, query rows), without building inputs.
+
+        Distributed ranks all draw the same indices (same seed) and build only their own
+        slice of tasks (graph collation is the costly part).
+        """
+        picks = torch.randint(len(self.families), (self.meta_batch,), generator=self.generator)
+        return [self._draw_index(i) for i in picks.tolist()]
+
+    def materialise(self, index: tuple[int, Tensor, Tensor]) -> Task:
+        """The :class:`Task` of one entry of :meth:`sample_indices`."""
+        i, sup, qry = index
+        family = self.families[i]
         return Task(family.samples(sup), family.samples(qry), family.name)
 
     def sample(self) -> list[Task]:
         """A meta-batch of ``meta_batch`` tasks."""
-        picks = torch.randint(len(self.families), (self.meta_batch,), generator=self.generator)
-        return [self.draw(self.families[i]) for i in picks.tolist()]
+        return [self.materialise(ix) for ix in self.sample_indices()]
 
 
 def stack_tasks(tasks: Sequence[Task]) -> tuple[Samples, Samples]:

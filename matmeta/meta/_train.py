@@ -338,15 +338,17 @@ def meta_train(model: FunctionalModel, train_families: Sequence[Family],
                disable=not progress or rank != 0, leave=False)
     val_loss = history[-1].get("val_loss", float("nan")) if history else float("nan")
     last_saved = start if resume else None
+    running = history[-1]["train_loss"] if history else None
     for step in bar:
-        tasks = sampler.sample()
-        mine = [task_to(t, device) for t in tasks[rank::world]]
+        drawn = sampler.sample_indices()
+        mine = [task_to(sampler.materialise(ix), device) for ix in drawn[rank::world]]
+        names = [sampler.families[ix[0]].name for ix in drawn]
         if mine:
             grads, losses = meta_gradient(model, current, mine, settings, reduction="sum")
         else:
             grads = {k: torch.zeros_like(v) for k, v in current.items()}
             losses = torch.zeros(0, device=device)
-        _check_finite(losses, grads, tasks, rank, world, step + 1, out_path, last_saved)
+        _check_finite(losses, grads, names, rank, world, step + 1, out_path, last_saved)
         loss_sum = losses.sum().reshape(1).to(current[keys[0]].dtype)
         if world > 1:
             import torch.distributed as dist
@@ -357,7 +359,7 @@ def meta_train(model: FunctionalModel, train_families: Sequence[Family],
             parts = torch.split(flat[:-1], sizes)
             grads = {k: p.reshape(grads[k].shape) for k, p in zip(keys, parts, strict=True)}
             loss_sum = flat[-1:]
-        n = len(tasks)
+        n = len(drawn)
         current, opt_state = outer_update(current, {k: g / n for k, g in grads.items()},
                                           opt_state, train)
         record = {"step": step + 1, "train_loss": float(loss_sum) / n}
@@ -365,7 +367,10 @@ def meta_train(model: FunctionalModel, train_families: Sequence[Family],
             val_loss = float(query_losses(model, current, val_tasks, settings).mean())
             record["val_loss"] = val_loss
         history.append(record)
-        bar.set_postfix(train=f"{record['train_loss']:.4g}", val=f"{val_loss:.4g}")
+        # meta-batches are noisy: the bar shows an exponential running mean of the train loss
+        running = record["train_loss"] if running is None else (
+            0.9 * running + 0.1 * record["train_loss"])
+        bar.set_postfix(train=f"{running:.4g}", val=f"{val_loss:.4g}")
         if (step + 1) % train.checkpoint_every == 0 or step + 1 == train.steps:
             save(step + 1)
             last_saved = step + 1
@@ -373,11 +378,12 @@ def meta_train(model: FunctionalModel, train_families: Sequence[Family],
     return MetaResult(model, dict(current), settings, train, history, extra)
 
 
-def _check_finite(losses: Tensor, grads: Params, tasks: list[Task], rank: int, world: int,
+def _check_finite(losses: Tensor, grads: Params, names: list[str], rank: int, world: int,
                   step: int, out: Path | None, last_saved: int | None) -> None:
     bad_loss = ~torch.isfinite(losses)
     bad_grad = any(not bool(torch.isfinite(g).all()) for g in grads.values())
-    flag = torch.tensor([float(bool(bad_loss.any()) or bad_grad)])
+    device = next(iter(grads.values())).device  # NCCL reduces only device tensors
+    flag = torch.tensor([float(bool(bad_loss.any()) or bad_grad)], device=device)
     if world > 1:
         import torch.distributed as dist
 
@@ -389,7 +395,7 @@ def _check_finite(losses: Tensor, grads: Params, tasks: list[Task], rank: int, w
     if bool(bad_loss.any()):
         local = int(torch.nonzero(bad_loss)[0])
         i = rank + local * world
-        what = f"the query loss of task {i} (family {tasks[i].family!r}) is {losses[local].item()}"
+        what = f"the query loss of task {i} (family {names[i]!r}) is {losses[local].item()}"
     elif bad_grad:
         what = "the meta-gradient is not finite"
     else:

@@ -155,10 +155,13 @@ def fit_process_encoding(df: Any, process_columns: Sequence[str] | Mapping[str, 
     spec: list[dict[str, Any]] = []
     for col, kind in process_columns.items():
         if kind == "numeric":
-            x = np.asarray(df[col], dtype=float)
+            try:
+                x = np.asarray(df[col], dtype=float)
+            except (TypeError, ValueError):
+                x = np.array([math.nan])
             if not np.isfinite(x).all():
-                raise InputError(f"process column {col!r}: empty or infinite values; expected "
-                                 "numbers (read the table with read_alloy_table)")
+                raise InputError(f"process column {col!r}: empty, infinite or non-numeric values; "
+                                 "expected numbers (read the table with read_alloy_table)")
             std = float(x.std())
             spec.append({"column": str(col), "kind": "numeric", "mean": float(x.mean()),
                          "std": std if std > 0 else 1.0})

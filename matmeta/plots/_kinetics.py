@@ -21,8 +21,8 @@ from matplotlib.figure import Figure
 
 from matmeta.checkpoint import atomic_write_bytes
 
-__all__ = ["KineticsCurve", "plot_jmak_fits", "plot_avrami", "plot_arrhenius", "save_figure",
-           "jmak_band"]
+# save_figure stays out of __all__: other plot modules define their own of the same name
+__all__ = ["KineticsCurve", "jmak_band", "plot_arrhenius", "plot_avrami", "plot_jmak_fits"]
 
 Z_95 = 1.959963984540054
 
@@ -99,7 +99,12 @@ def _axes_grid(n: int, width: float = 3.6, height: float = 2.9):
 
 def plot_jmak_fits(curves: list[KineticsCurve], result, title: str | None = None) -> Figure:
     """Data (error bars from ``fraction_std``), fitted JMAK curve and 95% confidence band, one
-    panel per curve, time on a log axis in seconds."""
+    panel per curve, time on a log axis in seconds.
+
+    Example:
+        >>> res = fit_jmak([t_s], [f])
+        >>> fig = plot_jmak_fits([KineticsCurve("W 1373 K", t_s, f, None, 0)], res)
+    """
     fig, axes = _axes_grid(len(curves))
     for ax, c in zip(axes, curves, strict=False):
         t = _grid(c)
@@ -124,7 +129,11 @@ def plot_jmak_fits(curves: list[KineticsCurve], result, title: str | None = None
 
 def plot_avrami(curves: list[KineticsCurve], result, title: str | None = None) -> Figure:
     """The Avrami plot: ``ln(-ln(1 - f/f_max))`` against ``ln(t - t0)`` with the fitted straight
-    lines (slope n); points with ``f/f_max`` outside (0, 1) cannot be shown and are skipped."""
+    lines (slope n); points with ``f/f_max`` outside (0, 1) cannot be shown and are skipped.
+
+    Example:
+        >>> fig = plot_avrami(curves, res)       # same arguments as plot_jmak_fits
+    """
     fig = Figure(figsize=(6.4, 4.8), layout="constrained")
     ax = fig.add_subplot()
     model = result.model
@@ -161,7 +170,12 @@ def plot_arrhenius(temperature_K: np.ndarray, ln_k: np.ndarray, ln_k_se: np.ndar
                    title: str | None = None) -> Figure:
     """The Arrhenius plot: ``ln k`` (k in 1/s) against ``1000 / T`` with error bars, one colour
     per group, and each group's line ``ln k0 - Q / (R T)`` when ``lines[group] = (ln_k0, Q)``
-    (Q in kJ/mol)."""
+    (Q in kJ/mol).
+
+    Example:
+        >>> fig = plot_arrhenius([1400, 1500], [-12.1, -10.3], [0.1, 0.1], ["W", "W"],
+        ...                      lines={"W": (25.0, 440.0)})
+    """
     from matmeta.models.parametric._units import R_J_PER_MOL_K
 
     fig = Figure(figsize=(6.4, 4.8), layout="constrained")

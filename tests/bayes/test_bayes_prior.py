@@ -240,3 +240,13 @@ def test_sampled_and_delta_predictives_agree_for_a_linear_law():
     m_d, s_d = post.predict(q)
     torch.testing.assert_close(m_s, m_d, atol=4 * float(s_d.max()) / 200, rtol=0)
     torch.testing.assert_close(s_s, s_d, rtol=0.02, atol=0)
+
+
+def test_laplace_evidence_of_a_linear_law_is_the_exact_marginal_likelihood():
+    prior = Prior("line_test", ["a", "b"], MU, SIGMA, noise_std=0.2)
+    x = np.array([-1.0, 0.3, 1.7, 2.0])
+    y = np.array([1.9, 0.8, 0.1, -0.4])
+    post = adapt_parametric(Line(), prior, x, y)
+    X = np.stack([np.ones_like(x), x], 1)
+    ref = stats.multivariate_normal(X @ MU, X @ SIGMA @ X.T + 0.04 * np.eye(4)).logpdf(y)
+    assert post.log_evidence == pytest.approx(ref, rel=1e-9)

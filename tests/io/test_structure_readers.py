@@ -163,3 +163,15 @@ def test_pymatgen_molecule_and_generators():
     (c,) = read_structures(x for x in [m])
     assert c.numbers.tolist() == [6, 8] and not c.pbc.any() and c.volume == 0.0
     np.testing.assert_allclose(c.positions, m.cart_coords)
+
+
+@pytest.mark.filterwarnings("ignore::DeprecationWarning:spglib")   # CifWriter's symmetry search
+def test_cif_with_symmetry_operations_is_expanded(tmp_path):
+    s = Structure.from_spacegroup("Fm-3m", [[5.64, 0, 0], [0, 5.64, 0], [0, 0, 5.64]],
+                                  ["Na", "Cl"], [[0, 0, 0], [0.5, 0.5, 0.5]])
+    path = tmp_path / "NaCl_sym.cif"
+    CifWriter(s, symprec=0.01).write_file(path)        # asymmetric unit + symmetry ops
+    assert path.read_text().count("Na  Na") < 4
+    c = read_structure(path)
+    assert sorted(c.numbers.tolist()) == [11] * 4 + [17] * 4
+    assert c.volume == pytest.approx(5.64**3)

@@ -83,7 +83,7 @@ def test_resume_in_process_equals_an_uninterrupted_run(tmp_path, monkeypatch):
                            checkpoint_every=3)
     kw = dict(settings=MetaSettings("maml", 2, 0.05), train=tr, progress=False)
     full = meta_train(model, fams, **kw)
-    original = EpisodeSampler.sample
+    original = EpisodeSampler.sample_indices
     calls = []
 
     def interrupted(self):
@@ -92,10 +92,10 @@ def test_resume_in_process_equals_an_uninterrupted_run(tmp_path, monkeypatch):
             raise KeyboardInterrupt
         return original(self)
 
-    monkeypatch.setattr(EpisodeSampler, "sample", interrupted)
+    monkeypatch.setattr(EpisodeSampler, "sample_indices", interrupted)
     with pytest.raises(KeyboardInterrupt):
         meta_train(model, fams, out=tmp_path / "r.pt", **kw)
-    monkeypatch.setattr(EpisodeSampler, "sample", original)
+    monkeypatch.setattr(EpisodeSampler, "sample_indices", original)
     assert load_checkpoint(tmp_path / "r.pt", kind="meta")["step"] == 3
     resumed = meta_train(model, fams, out=tmp_path / "r.pt", resume=True, **kw)
     assert_tree_close(resumed.meta_params, full.meta_params, rtol=0, atol=0)
@@ -282,3 +282,24 @@ def test_cli_gnn_records_featurizer_and_refuses_another_on_resume(tmp_path, caps
     err = capsys.readouterr().err
     assert "featurizer" in err and "cannot resume" in err and err.count("\n") == 1
     assert out.read_bytes() == before
+
+
+@pytest.mark.shared_data
+def test_cli_kinetics_writes_a_prior_the_jmak_fitter_reads(tmp_path, capsys):
+    from matmeta.models.parametric import JMAK, Prior
+    from tests.helpers import shared_dataset
+
+    data = shared_dataset("kinetics/tungsten_recrystallization.csv")
+    out, prior = tmp_path / "w.pt", tmp_path / "prior.json"
+    assert main(["meta-train", "--data", str(data), "--model", "jmak", "--k-shot", "3",
+                 "--q-query", "3", "--meta-batch", "4", "--steps", "3", "--inner-steps", "2",
+                 "--allow-negative-time", "--fraction-tolerance", "0.2", "--test-families",
+                 "W_Lopez2015_HR", "--device", "cpu", "--no-progress", "--out", str(out),
+                 "--prior", str(prior)]) == 0
+    captured = capsys.readouterr()
+    assert "warning: " in captured.err and "not drawn" in captured.err  # small isotherms named
+    ck = load_meta(out)
+    assert "W_Lopez2015_HR" not in {n.split("@")[0] for n in ck.extra["families"]["train"]}
+    assert all(n.startswith("W_Lopez2015_HR@") for n in ck.extra["families"]["test"])
+    p = Prior.load(prior, model=JMAK())
+    torch.testing.assert_close(p.mean, JMAK().flatten(ck.params).double())

@@ -8,6 +8,8 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from pymatgen.core import Composition, Element
 
 from matmeta.errors import InputError
@@ -126,6 +128,30 @@ def test_same_alloy_written_two_ways():
                             dtype=torch.float64)
     y = model.forward(params, x)
     torch.testing.assert_close(y, y[:1].expand(4), rtol=1e-12, atol=1e-12)
+
+
+METALS = ["Al", "Co", "Cr", "Cu", "Fe", "Hf", "Mo", "Nb", "Ni", "Ta", "Ti", "V", "W", "Zr"]
+_HYP_MODEL = CompositionModel(elements=METALS[:8], hidden=8, dtype="float64")
+_HYP_PARAMS = _HYP_MODEL.init_params(torch.Generator().manual_seed(7))
+
+
+@settings(max_examples=25, deadline=None)
+@given(amounts=st.dictionaries(st.sampled_from(METALS), st.floats(0.05, 50.0), min_size=1,
+                               max_size=7),
+       scale=st.floats(0.1, 100.0), seed=st.integers(0, 2**16))
+def test_prediction_ignores_order_and_total_amount(amounts, scale, seed):
+    items = list(amounts.items())
+    order = np.random.default_rng(seed).permutation(len(items))
+    shuffled = {items[i][0]: items[i][1] * scale for i in order}
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UnknownElementWarning)
+        x = encode_compositions([amounts, shuffled], _HYP_MODEL, dtype=torch.float64)
+        # Shuffle the padded element axis as well.
+        perm = torch.as_tensor(np.random.default_rng(seed + 1).permutation(x.z.shape[1]))
+        xp = CompositionInputs(x.z[:, perm], x.fraction[:, perm], x.process)
+    y = _HYP_MODEL.forward(_HYP_PARAMS, x)
+    torch.testing.assert_close(y[1], y[0], rtol=1e-10, atol=1e-10)
+    torch.testing.assert_close(_HYP_MODEL.forward(_HYP_PARAMS, xp), y, rtol=1e-10, atol=1e-10)
 
 
 # ----------------------------------------------------------------------------- derivatives
@@ -366,8 +392,10 @@ def test_fit_process_encoding_errors(table):
         fit_process_encoding(table, {"T_C": "ordinal"})
     bad = table.copy()
     bad.loc[0, "T_C"] = np.nan
-    with pytest.raises(InputError, match="empty or infinite values"):
+    with pytest.raises(InputError, match="empty, infinite or non-numeric values"):
         fit_process_encoding(bad, {"T_C": "numeric"})
+    with pytest.raises(InputError, match="empty, infinite or non-numeric values"):
+        fit_process_encoding(bad, {"test": "numeric"})
 
 
 # ----------------------------------------------------------------------------- real data
