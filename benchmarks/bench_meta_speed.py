@@ -3,16 +3,27 @@
 Both do the same exact second-order MAML (same model, same initial weights, same tasks, same inner
 steps and rates) in the same process with the same thread count; the script checks that their
 meta-gradients agree before timing them. Models: a small MLP (sinusoid regression), JMAK
-(ln k, ln n on isotherms) and the CGCNN-class GNN (rock-salt crystals built with ASE).
+(ln k, ln n on isotherms) and the CGCNN-class GNN.
+
+The GNN has two `higher` baselines: the module a user would write, CGCNN from PyG ``CGConv``
+layers (benchmarks/_pyg_cgcnn.py, loaded with matmeta's weights), and the stricter one, matmeta's
+own functional forward wrapped in an ``nn.Module`` (same arithmetic on both sides, so it measures
+the engine alone). GNN data: Materials Project binaries of 4-16 atoms from ../shared/datasets
+when present, else rock-salt cells built with ASE. The GNN methods are timed in interleaved
+rounds, the order rotating (ratio per round and median); peak RSS of one meta-gradient is
+measured for each in a fresh subprocess.
 
     OMP_NUM_THREADS=1 python benchmarks/bench_meta_speed.py [--threads 1] [--quick]
+    OMP_NUM_THREADS=1 python benchmarks/bench_meta_speed.py --only-gnn --rounds 5
 """
 
 from __future__ import annotations
 
 import argparse
 import math
+import sys
 import time
+from pathlib import Path
 
 import torch
 from torch import nn
@@ -129,38 +140,212 @@ def salts(n_fam: int, per_fam: int, settings) -> list[Family]:
     return fams
 
 
+def mp_binaries(settings, n_fam: int = 8, per_fam: int = 24) -> list[Family] | None:
+    """Real Materials Project binaries of 4-16 atoms (target log10 K_VRH in GPa), None if absent.
+
+    The ``n_fam`` largest families (most electronegative element) and the first ``per_fam``
+    qualifying compounds of each, in file order.
+    """
+    import gzip
+    import json
+    from pathlib import Path
+
+    from matmeta.graphs import structure_to_graph
+
+    path = (Path(__file__).resolve().parents[1].parent / "shared" / "datasets" / "structures"
+            / "mp_binary_elasticity.json.gz")
+    if not path.exists():
+        return None
+    by_family: dict[str, list] = {}
+    with gzip.open(path, "rt") as fh:
+        for e in json.load(fh):
+            if 4 <= len(e["structure"]["sites"]) <= 16 and float(e["bulk_modulus_vrh"]) > 0:
+                by_family.setdefault(e["family"], []).append(e)
+    largest = sorted(by_family, key=lambda f: -len(by_family[f]))[:n_fam]
+    fams = []
+    for f in largest:
+        rows = by_family[f][:per_fam]
+        graphs = [structure_to_graph(e["structure"], settings=settings) for e in rows]
+        y = torch.tensor([math.log10(float(e["bulk_modulus_vrh"])) for e in rows])
+        fams.append(Family(f, graphs, y, featurizer=settings))
+    return fams
+
+
+def _rss_mib(field: str) -> float:
+    with open("/proc/self/status") as fh:
+        for line in fh:
+            if line.startswith(field + ":"):
+                return int(line.split()[1]) / 1024
+    return float("nan")
+
+
+def _rel_diff(a: dict, b: dict) -> float:
+    diff = sum(float(((a[k] - b[k]) ** 2).sum()) for k in b)
+    return math.sqrt(diff / sum(float((v**2).sum()) for v in b.values()))
+
+
+def gnn_setup(args):
+    """Model, weights, families and one fixed meta-batch of the CGCNN comparison."""
+    from matmeta.graphs import FeaturizerSettings
+    from matmeta.models._gnn import CGCNN
+
+    fs = FeaturizerSettings(cutoff=6.0, max_neighbors=12, n_basis=40)
+    g = CGCNN(hidden=64, n_conv=3, n_basis=40)
+    gp = g.init_params(torch.Generator().manual_seed(0))
+    fams = None if args.synthetic else mp_binaries(fs)
+    data = "MP binaries, 4-16 atoms, log10 K_VRH"
+    if fams is None:
+        fams, data = salts(6, 24, fs), "rock-salt cells of 8 atoms (ASE)"
+    tasks = EpisodeSampler(fams, 10, 10, args.meta_batch, seed=0).sample()
+    return g, gp, fams, tasks, data
+
+
+def gnn_methods(g, gp, tasks, steps: int, lr: float) -> dict:
+    """name -> zero-argument function computing one meta-gradient of ``tasks``."""
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+    from _pyg_cgcnn import PygCGCNN
+
+    s = MetaSettings("maml", inner_steps=steps, inner_lr=lr, batching="loop")
+    pyg = PygCGCNN.from_params(g, gp)
+    ours_module = _FunctionalModule(g, gp)
+    def with_pyg():
+        higher_meta_gradient(pyg, tasks, steps, lr)
+        return pyg.grads_as_params(g)
+
+    def with_our_forward():
+        return dict(zip(gp, higher_meta_gradient(ours_module, tasks, steps, lr), strict=True))
+
+    return {"matmeta": lambda: meta_gradient(g, gp, tasks, s)[0],
+            "higher+PyG CGConv": with_pyg, "higher+our forward": with_our_forward}
+
+
+def gnn_memory(args) -> None:
+    """(Subprocess) peak resident-set growth of one meta-gradient of one method, as JSON."""
+    import json
+
+    g, gp, _, tasks, _ = gnn_setup(args)
+    fn = gnn_methods(g, gp, tasks, args.gnn_steps, 0.01)[args.memory_of]
+    base = _rss_mib("VmRSS")
+    with open("/proc/self/clear_refs", "w") as fh:
+        fh.write("5")  # resets the peak (VmHWM) to the current resident set
+    fn()
+    print(json.dumps({"peak_MiB": _rss_mib("VmHWM"), "extra_MiB": _rss_mib("VmHWM") - base}))
+
+
+def gnn_benchmark(args) -> None:
+    """matmeta's loop path against `higher` on a CGConv module and on our own forward."""
+    import json
+    import statistics
+    import subprocess
+
+    g, gp, fams, tasks, data = gnn_setup(args)
+    mb, steps, lr = args.meta_batch, args.gnn_steps, 0.01
+    n_atoms = [int(t.support.inputs.z.shape[0]) / 10 for t in tasks]
+    n_edges = [int(t.support.inputs.edge_index.shape[1]) / 10 for t in tasks]
+    print(f"cgcnn: 3 conv, 64 hidden, 12 neighbours; data: {data}; {len(fams)} families; "
+          f"meta-batch {mb} of 10+10 structures ({statistics.mean(n_atoms):.1f} atoms, "
+          f"{statistics.mean(n_edges):.0f} edges per structure on average); second-order MAML, "
+          f"{steps} inner SGD steps, inner lr {lr}", flush=True)
+    methods = gnn_methods(g, gp, tasks, steps, lr)
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+    from _pyg_cgcnn import PygCGCNN
+
+    pyg = PygCGCNN.from_params(g, gp)
+    b = tasks[0].query.inputs
+    with torch.no_grad():
+        fwd = float((pyg(b) - g.forward(gp, b)).abs().max() / g.forward(gp, b).abs().max())
+    grads = {name: fn() for name, fn in methods.items()}  # also the warm-up
+    diffs = {name: _rel_diff(grads["matmeta"], v) for name, v in grads.items() if name != "matmeta"}
+    print(f"check: forward relative difference PyG vs matmeta {fwd:.1e}; meta-gradient "
+          "relative difference to matmeta's: "
+          + ", ".join(f"{name} {d:.1e}" for name, d in diffs.items()), flush=True)
+    if fwd > 1e-5 or max(diffs.values()) > 1e-4:
+        raise SystemExit("the baselines do not compute the same meta-gradient: not timing them")
+    times: dict[str, list[float]] = {name: [] for name in methods}
+    names = list(methods)
+    for r in range(args.rounds):
+        # the order rotates from round to round, so no method always runs first or after another
+        for name in names[r % len(names):] + names[:r % len(names)]:
+            t = time.perf_counter()
+            methods[name]()
+            times[name].append(time.perf_counter() - t)
+        ours = times["matmeta"][-1]
+        print(f"round {r + 1}: " + ", ".join(
+            f"{name} {mb / ts[-1]:5.2f} tasks/s" for name, ts in times.items())
+            + "; matmeta / " + ", ".join(
+            f"{name} {ts[-1] / ours:4.2f}x" for name, ts in times.items() if name != "matmeta"),
+            flush=True)
+    for name, ts in times.items():
+        if name == "matmeta":
+            continue
+        ratios = [b / a for a, b in zip(times["matmeta"], ts, strict=True)]
+        ours = mb / statistics.median(times["matmeta"])
+        print(f"median over {args.rounds} rounds: matmeta {ours:.2f} tasks/s, "
+              f"{name} {mb / statistics.median(ts):.2f} tasks/s; ratio per round "
+              f"{', '.join(f'{x:.2f}' for x in ratios)}, median {statistics.median(ratios):.2f}x",
+              flush=True)
+    if args.skip_memory:
+        return
+    for name in methods:
+        cmd = [sys.executable, __file__, "--memory-of", name, "--threads", str(args.threads),
+               "--meta-batch", str(mb), "--gnn-steps", str(steps)] + (
+            ["--synthetic"] if args.synthetic else [])
+        out = subprocess.run(cmd, capture_output=True, text=True, check=True).stdout
+        m = json.loads(out.strip().splitlines()[-1])
+        print(f"memory, one meta-gradient in a fresh process: {name}: peak RSS "
+              f"{m['peak_MiB']:.0f} MiB, {m['extra_MiB']:.0f} MiB above the resident set after "
+              "setup", flush=True)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--quick", action="store_true", help="shorter timings")
     ap.add_argument("--skip-gnn", action="store_true")
+    ap.add_argument("--only-gnn", action="store_true")
+    ap.add_argument("--rounds", type=int, default=5, help="interleaved GNN timing rounds")
+    ap.add_argument("--meta-batch", type=int, default=16, help="GNN meta-batch")
+    ap.add_argument("--gnn-steps", type=int, default=2, help="GNN inner steps")
+    ap.add_argument("--synthetic", action="store_true",
+                    help="GNN on ASE rock-salt cells even when ../shared/datasets is present")
+    ap.add_argument("--skip-memory", action="store_true", help="no GNN peak-RSS subprocesses")
+    ap.add_argument("--relatives", action="store_true", help="also time GNN ANIL and FOMAML")
+    ap.add_argument("--memory-of", help=argparse.SUPPRESS)
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
+    if args.memory_of:
+        gnn_memory(args)
+        return
     min_time = 0.5 if args.quick else 2.0
     print(f"torch {torch.__version__}, threads {torch.get_num_threads()}, float32, "
           "second-order MAML, plain-SGD inner loop")
     gen = torch.Generator().manual_seed(0)
-    mlp = MLP(1, (40, 40))
-    p = mlp.init_params(gen)
-    fams = sinusoids(50)
-    for mb in (16, 64):
-        compare("mlp", mlp, p, fams, 10, 10, mb, 5, 0.01, min_time)
-    from matmeta.models.parametric import JMAK
+    if not args.only_gnn:
+        mlp = MLP(1, (40, 40))
+        p = mlp.init_params(gen)
+        fams = sinusoids(50)
+        for mb in (16, 64):
+            compare("mlp", mlp, p, fams, 10, 10, mb, 5, 0.01, min_time)
+        from matmeta.models.parametric import JMAK
 
-    jm = JMAK()
-    jp = {k: v.float() for k, v in jm.init_params().items()}
-    jfams = jmak_curves(40)
-    for mb in (16, 64):
-        compare("jmak", jm, jp, jfams, 5, 10, mb, 5, 0.1, min_time)
+        jm = JMAK()
+        jp = {k: v.float() for k, v in jm.init_params().items()}
+        jfams = jmak_curves(40)
+        for mb in (16, 64):
+            compare("jmak", jm, jp, jfams, 5, 10, mb, 5, 0.1, min_time)
     if not args.skip_gnn:
-        from matmeta.graphs import FeaturizerSettings
-        from matmeta.models._gnn import CGCNN
-
-        fs = FeaturizerSettings(cutoff=6.0, max_neighbors=12, n_basis=40)
-        g = CGCNN(hidden=64, n_conv=3, n_basis=40)
-        gp = g.init_params(gen)
-        gfams = salts(6, 24, fs)
-        compare("cgcnn", g, gp, gfams, 10, 10, 16, 2, 0.01, min_time)
+        gnn_benchmark(args)
+        if args.relatives:
+            # the cheaper relatives, against the same second-order `higher` baseline
+            g, gp, _, tasks, _ = gnn_setup(args)
+            module = _FunctionalModule(g, gp)
+            t_higher = _timeit(lambda: higher_meta_gradient(module, tasks, 2, 0.01), min_time)
+            for alg in ("anil", "fomaml"):
+                s = MetaSettings(alg, inner_steps=2, inner_lr=0.01)
+                t = _timeit(lambda s=s: meta_gradient(g, gp, tasks, s), min_time)
+                print(f"cgcnn    batch {len(tasks):>3} steps 2 [loop]: matmeta {alg} "
+                      f"{len(tasks) / t:6.1f} tasks/s = {t_higher / t:5.2f}x higher+our forward's "
+                      "second-order MAML", flush=True)
 
 
 if __name__ == "__main__":

@@ -30,7 +30,8 @@ def resolve_device(device: str | torch.device | None = "auto") -> torch.device:
     except RuntimeError as exc:
         raise InputError(f"--device {device!r}: expected cpu, cuda, cuda:N or auto") from exc
     if dev.type == "cuda" and not torch.cuda.is_available():
-        raise InputError(f"--device {device}: CUDA is not available on this machine; use cpu or auto")
+        raise InputError(f"--device {device}: CUDA is not available on this machine; "
+                         "use cpu or auto")
     return dev
 
 

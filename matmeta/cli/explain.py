@@ -68,6 +68,10 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
                    help="implicit: added to the Hessian diagonal [default: automatic]")
     g.add_argument("--time-column", default="time_s", help="kinetics time column, seconds")
     g.add_argument("--fraction-column", default="fraction", help="kinetics target column")
+    g.add_argument("--allow-negative-time", action="store_true",
+                   help="kinetics: keep negative times (digitisation noise near t = 0)")
+    g.add_argument("--fraction-tolerance", type=float, default=0.0,
+                   help="kinetics: accept fractions in [-TOL, 1 + TOL], kept as measured [0]")
     g.add_argument("--no-progress", action="store_true", help="no progress bars")
     add_runtime_options(p)
     p.set_defaults(func=run)
@@ -122,12 +126,22 @@ def _samples(df: Any, path: str, kind: str, ckpt: dict, args: argparse.Namespace
     if kind in ("jmak",):
         _need(df, [args.time_column], path, kind)
         t = np.asarray(pd_numeric(df, args.time_column, path))
-        if (t < 0).any():
+        if (t < 0).any() and not args.allow_negative_time:
             i = int(np.flatnonzero(t < 0)[0])
             raise InputError(f"{where(path, df.index[i], args.time_column)}{t[i]}: expected a "
-                             "time >= 0 in seconds")
+                             "time >= 0 in seconds (pass --allow-negative-time to keep "
+                             "digitisation noise near t = 0 as measured)")
         inputs = torch.as_tensor(t, dtype=torch.float64)
         tcol = args.fraction_column
+        if labelled and tcol in df.columns:
+            f = np.asarray(pd_numeric(df, tcol, path))
+            tol = float(args.fraction_tolerance)
+            out = (f < -tol) | (f > 1 + tol)
+            if out.any():
+                i = int(np.flatnonzero(out)[0])
+                raise InputError(f"{where(path, df.index[i], tcol)}fraction {f[i]:g} outside "
+                                 f"[0, 1]; pass --fraction-tolerance TOL to accept small "
+                                 "measurement overshoot")
     elif kind == "arrhenius_jmak":
         _need(df, [args.time_column, "temperature_K"], path, kind)
         inputs = torch.as_tensor(np.stack([pd_numeric(df, args.time_column, path),
@@ -175,7 +189,7 @@ def pd_numeric(df: Any, col: str, path: str):
 
     from matmeta.errors import InputError, where
 
-    values = pd.to_numeric(df[col], errors="coerce").to_numpy(dtype=float)
+    values = pd.to_numeric(df[col], errors="coerce").to_numpy(dtype=float).copy()
     bad = ~np.isfinite(values)
     if bad.any():
         i = int(np.flatnonzero(bad)[0])

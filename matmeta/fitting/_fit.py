@@ -42,6 +42,10 @@ DEFAULT_NOISE_STD = 0.05
 
 # iterations of the adaptive multi-start's first pass (most curves converge in under 10)
 FIRST_PASS_ITER = 15
+# the adaptive multi-start runs every start at once on curves with at most this many points per
+# free parameter: on sparse curves distinct local minima with similar costs are common, and no
+# test on one fit tells them apart
+SPARSE_POINTS_PER_PARAM = 5
 
 # thresholds of the "poorly determined" flag (transformed space: ln k, ln n)
 SE_LN_N_MAX = 0.25
@@ -280,10 +284,14 @@ def fit_curves(
         starts: extra starting points (B, S', P) in transformed space, added to the model's.
         max_iter: LM iteration cap.
         multistart: ``"all"`` (default): run every start of every curve to convergence and
-            keep the best. ``"adaptive"``: fit every curve from its first start for up to
-            15 iterations; each curve whose first fit is suspect (not yet converged, weighted
-            R^2 < 0.99, k or n poorly determined, or at most 2P+1 points) then continues from
-            there *and* from every other start, to convergence, keeping the best.
+            keep the best (converged starts first, then the lowest objective). ``"adaptive"``:
+            a first pass of up to 15 iterations runs every curve from its first start, and
+            sparse curves (at most 5 points per free parameter, where distinct minima are
+            common) from all their starts; each curve whose fit is then suspect (still
+            running, weighted R^2 < 0.99, or k or n poorly determined) continues its unfinished
+            starts, with their damping, next to the starts it has not run yet; every curve keeps
+            its best start by the same rule. A curve that ran all its starts gets the
+            ``"all"`` result.
         device: ``"cpu"``, ``"cuda"``, ``"auto"`` or None (CPU, or the device of tensor inputs).
         dtype: float64 by default (the curvature of flat JMAK valleys needs it).
         labels: curve labels for error messages and :meth:`FitResult.table`.
@@ -388,21 +396,10 @@ def fit_curves(
             g = g + rp @ w_prior
         return cost, a, g
 
-    def run(sel: Tensor | None, th0: Tensor, iters: int = max_iter) -> tuple[Tensor, ...]:
-        """LM from every start in ``th0`` (b', S', P) for curves ``sel``; best start each."""
-        bb, ss = th0.shape[0], th0.shape[1]
-        parts = (prepared, y_pad, sqrt_w) if sel is None else (prepared[sel], y_pad[sel],
-                                                               sqrt_w[sel])
-        data = tuple(t.repeat_interleave(ss, dim=0) for t in parts)
-        res = levenberg_marquardt(residuals, th0.reshape(bb * ss, p), data, max_iter=iters)
-        cost = res.cost.reshape(bb, ss)
+    def best_start(cost: Tensor, conv: Tensor) -> Tensor:
+        """(b,) index of each curve's best start: converged ones first, then the lowest cost."""
         cost = torch.where(torch.isfinite(cost), cost, torch.full_like(cost, float("inf")))
-        # prefer converged starts; among them the lowest objective
-        conv = res.converged.reshape(bb, ss)
-        best = torch.where(conv, cost, cost + torch.finfo(dtype).max / 4).argmin(-1)
-        rows = torch.arange(bb, device=dev) * ss + best
-        return (res.theta[rows], res.jtj[rows], cost.gather(-1, best[:, None])[:, 0],
-                res.converged[rows], best, res.iterations)
+        return torch.where(conv, cost, cost + torch.finfo(dtype).max / 4).argmin(-1)
 
     def covariance(theta: Tensor, a: Tensor) -> tuple[Tensor, Tensor]:
         f, _ = model.value_and_jacobian(theta, x_pad)
@@ -415,37 +412,77 @@ def fit_curves(
             return inv * s2[:, None, None], f
         return inv, f
 
-    if multistart not in ("adaptive", "all"):
-        raise InputError(f"multistart {multistart!r}: expected 'adaptive' or 'all'")
-    if s == 1 or multistart == "all":
-        theta, a, cost, conv, start_index, iters = run(None, theta0)
+    def adaptive(data: tuple[Tensor, ...]) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor, int]:
+        """Pass 1 (at most FIRST_PASS_ITER iterations): every curve from its first start, and
+        sparse curves from all their starts. Pass 2: each suspect curve (still running, a poor
+        fit, k or n poorly determined) continues its unfinished rows, with their damping, next
+        to the starts it has not run yet. Each curve then keeps its best row, so the result is
+        never worse than pass 1 and, on a curve that ran all its starts, is the ``"all"``
+        result."""
+        rows_all = torch.arange(b * s, device=dev).reshape(b, s)
+        sparse = n_points <= SPARSE_POINTS_PER_PARAM * p
+        if "ln_n" in model.flat_names:
+            # JMAK: with at most P points inside the transition (5-95% of the highest value)
+            # k and n are usually poorly determined, which pass 1 would find out only after a
+            # long creep along a flat valley; run their other starts from the outset instead
+            y_max = torch.where(live, y_pad, torch.zeros_like(y_pad)).amax(-1, keepdim=True)
+            mid = (live & (y_pad > 0.05 * y_max) & (y_pad < 0.95 * y_max)).sum(-1)
+            sparse = sparse | (mid <= p)
+        ran = torch.zeros(b, s, dtype=torch.bool, device=dev)
+        ran[:, 0] = True
+        ran[sparse] = True
+        th_all = theta0.reshape(b * s, p).clone()
+        cost_all = torch.full((b * s,), float("inf"), dtype=dtype, device=dev)
+        a_all = torch.full((b * s, p, p), float("nan"), dtype=dtype, device=dev)
+        conv_all = torch.zeros(b * s, dtype=torch.bool, device=dev)
+        lam_all = torch.full((b * s,), 1e-3, dtype=dtype, device=dev)
+
+        def run_rows(idx: Tensor, iters: int) -> int:
+            curve = idx // s
+            res = levenberg_marquardt(residuals, th_all[idx], tuple(t[curve] for t in data),
+                                      max_iter=iters, lam0=lam_all[idx])
+            th_all[idx], cost_all[idx], a_all[idx] = res.theta, res.cost, res.jtj
+            conv_all[idx], lam_all[idx] = res.converged, res.lam
+            return res.iterations
+
+        first = min(FIRST_PASS_ITER, max_iter)
+        iters = run_rows(rows_all[ran], first)
+        best = best_start(cost_all.reshape(b, s), conv_all.reshape(b, s))
+        pick = rows_all[torch.arange(b, device=dev), best]
+        theta, a = th_all[pick], a_all[pick]
         cov, f = covariance(theta, a)
-    else:
-        # a short first pass: curves still running after FIRST_PASS_ITER iterations are
-        # suspects and carry on below, next to the other starts
-        theta, a, cost, conv, _, iters = run(None, theta0[:, :1], min(FIRST_PASS_ITER, max_iter))
-        start_index = torch.zeros(b, dtype=torch.long, device=dev)
-        cov, f = covariance(theta, a)
-        # the other starts for every curve whose first fit is suspect: not converged, a poor
-        # fit (weighted R^2 < 0.99), a poorly determined k or n, or few points
         sw2 = sqrt_w**2
         ybar = (sw2 * y_pad).sum(-1, keepdim=True) / sw2.sum(-1, keepdim=True)
         tss = (sw2 * (y_pad - ybar) ** 2).sum(-1)
         rss = (sw2 * (f - y_pad) ** 2).sum(-1)
-        tmp = FitResult(model, theta, cov, rss, cost, conv, n_points, iters, start_index)
-        suspect = (~conv | (rss > 0.01 * tss) | tmp.poorly_determined | (n_points <= 2 * p + 1))
-        if suspect.any():
-            sel = suspect.nonzero()[:, 0]
-            th0_2 = torch.cat([theta[sel].unsqueeze(1), theta0[sel, 1:]], dim=1)
-            th2, a2, cost2, conv2, best2, it2 = run(sel, th0_2)
-            better = (conv2 & ~conv[sel]) | ((conv2 | ~conv[sel]) & (cost2 < cost[sel]))
-            if better.any():
-                idx = sel[better]
-                theta[idx], a[idx], cost[idx], conv[idx] = (th2[better], a2[better],
-                                                            cost2[better], conv2[better])
-                start_index[idx] = best2[better]
-                cov, f = covariance(theta, a)
-            iters = iters + it2
+        tmp = FitResult(model, theta, cov, rss, cost_all[pick], conv_all[pick], n_points, iters,
+                        best)
+        running = ran & ~conv_all.reshape(b, s)
+        suspect = running.any(-1) | (rss > 0.01 * tss) | tmp.poorly_determined
+        todo = suspect.unsqueeze(-1) & (running | ~ran)
+        if todo.any() and max_iter > first:
+            # rows that stopped at the first pass's cap carry on where they were
+            iters += run_rows(rows_all[todo], max_iter - first)
+            best = best_start(cost_all.reshape(b, s), conv_all.reshape(b, s))
+            pick = rows_all[torch.arange(b, device=dev), best]
+        return (th_all[pick], a_all[pick], cost_all[pick], conv_all[pick], best, iters)
+
+    if multistart not in ("adaptive", "all"):
+        raise InputError(f"multistart {multistart!r}: expected 'adaptive' or 'all'")
+    data = (prepared, y_pad, sqrt_w)
+    if s == 1 or multistart == "all":
+        # every start of every curve as one row of a single batched run
+        res = levenberg_marquardt(residuals, theta0.reshape(b * s, p),
+                                  tuple(t.repeat_interleave(s, dim=0) for t in data),
+                                  max_iter=max_iter)
+        costs, convs = res.cost.reshape(b, s), res.converged.reshape(b, s)
+        start_index = best_start(costs, convs)
+        pick = torch.arange(b, device=dev) * s + start_index
+        theta, a, conv, iters = res.theta[pick], res.jtj[pick], res.converged[pick], res.iterations
+        cost = res.cost[pick]
+    else:
+        theta, a, cost, conv, start_index, iters = adaptive(data)
+    cov, f = covariance(theta, a)
     sq = w_pad * (f - y_pad) ** 2
     rmse = torch.sqrt(sq.sum(-1) / w_pad.sum(-1))
     return FitResult(model, theta, cov, rmse, cost, conv, n_points, iters, start_index,

@@ -182,6 +182,10 @@ def families_from_table(df: pd.DataFrame, model: str, *, family: str | None = No
             inputs = torch.as_tensor(np.stack(cols, axis=1), dtype=dtype)
             graphs = None
         else:
+            if featurizer is None:
+                from matmeta.graphs import FeaturizerSettings
+
+                featurizer = FeaturizerSettings()
             graphs = _graphs(df, structure_column, featurizer, source)
             inputs = None
     weight_t = None if weight is None else torch.as_tensor(weight, dtype=dtype)
@@ -202,10 +206,6 @@ def families_from_table(df: pd.DataFrame, model: str, *, family: str | None = No
 
 
 def _graphs(df: pd.DataFrame, column: str, featurizer: Any, source: str) -> list:
-    if featurizer is None:
-        from matmeta.graphs import FeaturizerSettings
-
-        featurizer = FeaturizerSettings()
     if column not in df.columns:
         raise InputError(f"{source}: graph models need a {column!r} column of structures")
     import matmeta.graphs as graphs_mod

@@ -67,6 +67,7 @@ __all__ = [
     "bootstrap_interval",
     "evaluate",
     "family_folds",
+    "paired_comparison",
     "pretrain",
 ]
 
@@ -173,14 +174,16 @@ class EvaluationResult:
     Attributes:
         table: one row per (k, method): ``error`` (mean over groups of the per-group mean task
             error), ``ci_low``/``ci_high`` (bootstrap over groups), ``median_task`` (median over
-            tasks), ``n_groups``, ``n_tasks``, ``fallbacks`` (tasks a method could not handle
-            and answered with its stated fallback), ``chosen`` (hyperparameters chosen on
-            meta-validation families, per fold), ``metric`` and ``units``.
+            tasks), ``n_groups``, ``n_tasks``, ``chosen`` (hyperparameters chosen on
+            meta-validation families, the distinct choices over folds joined by ``;``: meta
+            ``[steps, inner-rate scale]``, finetune ``[steps, rate]``, offset ``lambda``,
+            scratch ``steps``, map ``noise std``), ``metric`` and ``units``.
         tasks: one row per (fold, family, k, repeat, method) with the task's error.
         too_small: test families with too few samples for a k (``n_samples`` <= k).
         folds: per fold, the group names of meta-train, meta-validation and test families.
         settings: the :class:`EvaluationSettings` used.
-        notes: one line per thing worth knowing (fallbacks, k values left out).
+        notes: one line per thing worth knowing: fits the fitter refused and the fallback
+            they got (counts), k values left out, families too small for a k.
     """
 
     table: pd.DataFrame
@@ -189,6 +192,17 @@ class EvaluationResult:
     folds: list[dict[str, Any]]
     settings: EvaluationSettings
     notes: list[str] = field(default_factory=list)
+
+    def compare(self, method: str, baseline: str) -> pd.DataFrame:
+        """Paired comparison per k: ratio of mean errors ``method / baseline`` over the groups
+        both were scored on, its bootstrap interval (the same resampled groups for both), and
+        in how many groups ``method`` has the lower mean error.
+
+        Example:
+            >>> res.compare("map", "independent")      # k, ratio, ci_low, ci_high, wins, n_groups
+        """
+        return paired_comparison(self.tasks, method, baseline, self.settings.bootstrap,
+                                 self.settings.level, self.settings.seed)
 
     def to_csv(self, path: str | os.PathLike) -> Path:
         """Write :attr:`table` as CSV, atomically."""
@@ -200,9 +214,9 @@ class EvaluationResult:
         """The table, folds, too-small families and notes as one JSON document."""
         from matmeta.checkpoint import dumps_json
 
-        table = self.table.replace({np.nan: None}).to_dict(orient="records")
+        table = json.loads(self.table.to_json(orient="records"))
         return dumps_json({"table": table, "folds": self.folds,
-                           "too_small": self.too_small.to_dict(orient="records"),
+                           "too_small": json.loads(self.too_small.to_json(orient="records")),
                            "notes": self.notes, "settings": self.settings.to_dict()})
 
 
@@ -551,18 +565,28 @@ class _Context:
         ok = [j for j, (s, _) in enumerate(batch)
               if len(s.y) >= need and (len(s.y) == 1 or float(s.y.max()) > float(s.y.min()))]
         thetas: dict[int, Tensor] = {}
+
+        def fit(idx: list[int]) -> None:
+            sup = [batch[j][0] for j in idx]
+            res = fit_curves(model, [s.inputs.detach().double().cpu() for s in sup],
+                             [s.y.detach().double().cpu() for s in sup], prior=pr,
+                             weight=None if sup[0].weight is None
+                             else [s.weight.double().cpu() for s in sup])
+            for j, th in zip(idx, res.theta, strict=True):
+                if bool(torch.isfinite(th).all()):
+                    thetas[j] = th
+
         if ok:
-            sup = [batch[j][0] for j in ok]
             try:
-                res = fit_curves(model, [s.inputs.detach().double().cpu() for s in sup],
-                                 [s.y.detach().double().cpu() for s in sup], prior=pr,
-                                 weight=None if sup[0].weight is None
-                                 else [s.weight.double().cpu() for s in sup])
-                for j, th in zip(ok, res.theta, strict=True):
-                    if bool(torch.isfinite(th).all()):
-                        thetas[j] = th
+                fit(ok)
             except InputError:
-                pass
+                # one task the fitter refuses (an Arrhenius support at a single temperature)
+                # must not cost the others their fits
+                for j in ok:
+                    try:
+                        fit([j])
+                    except InputError:
+                        pass
         out = []
         for j, (s, q) in enumerate(batch):
             if j in thetas:
@@ -616,6 +640,44 @@ def bootstrap_interval(values_by_group: Sequence[float], n_boot: int = 2000, lev
     a = (1 - level) / 2
     lo, hi = np.quantile(means, [a, 1 - a])
     return (mean, float(min(lo, mean)), float(max(hi, mean)))
+
+
+def paired_comparison(tasks: pd.DataFrame, method: str, baseline: str, n_boot: int = 2000,
+                      level: float = 0.9, seed: int = 0) -> pd.DataFrame:
+    """Per k, ``mean error of method / mean error of baseline`` over shared groups, with a
+    paired bootstrap interval (groups resampled once for both) and the groups ``method`` wins.
+
+    Example:
+        >>> paired_comparison(res.tasks, "meta", "finetune")
+
+    Returns:
+        Columns ``k``, ``method``, ``baseline``, ``ratio``, ``ci_low``, ``ci_high``, ``wins``,
+        ``n_groups``.
+    """
+    rows = []
+    for k in sorted(set(tasks["k"])):
+        sel = tasks[(tasks["k"] == k) & tasks["method"].isin([method, baseline])]
+        g = sel.groupby(["group", "method"])["error"].mean().unstack()
+        if method not in g or baseline not in g:
+            continue
+        g = g[[method, baseline]].dropna()
+        if g.empty:
+            continue
+        a, b = g[method].to_numpy(), g[baseline].to_numpy()
+        ratio = float(a.mean() / b.mean())
+        lo = hi = ratio
+        if len(g) > 1:
+            rng = np.random.default_rng(_seed_of(seed, k, method, baseline))
+            idx = rng.integers(0, len(g), size=(int(n_boot), len(g)))
+            boots = a[idx].mean(1) / b[idx].mean(1)
+            q = (1 - level) / 2
+            lo, hi = (float(v) for v in np.quantile(boots, [q, 1 - q]))
+            lo, hi = min(lo, ratio), max(hi, ratio)
+        rows.append({"k": int(k), "method": method, "baseline": baseline, "ratio": ratio,
+                     "ci_low": lo, "ci_high": hi, "wins": int((a < b).sum()),
+                     "n_groups": int(len(g))})
+    return pd.DataFrame(rows, columns=["k", "method", "baseline", "ratio", "ci_low", "ci_high",
+                                       "wins", "n_groups"])
 
 
 # ---------------------------------------------------------------------------------- evaluate
@@ -718,8 +780,10 @@ def evaluate(model: FunctionalModel, families: Sequence[Family], *,
             "val": sorted({f.group for f in val_f}), "test": sorted({f.group for f in test_f}),
             "chosen": {}}
         if {"meta", "meta_init", "map"} & set(methods):
-            ctx.meta_params = _meta_train_fold(model, train_f, val_f, meta, mts, device,
-                                               settings.seed + fi)
+            ctx.meta_params, left = _meta_train_fold(model, train_f, val_f, meta, mts, device,
+                                                     settings.seed + fi)
+            info["meta_train_left_out"] = left
+            notes.extend(f"fold {fi}, meta-training: {line}" for line in left)
         if {"pretrained", "finetune", "offset"} & set(methods):
             init = None
             if parametric:
@@ -798,7 +862,8 @@ def _plain(v: Any) -> Any:
 
 def _meta_train_fold(model: FunctionalModel, train_f: Sequence[Family], val_f: Sequence[Family],
                      meta: MetaSettings, mts: MetaTrainSettings, device: torch.device,
-                     seed: int) -> Params:
+                     seed: int) -> tuple[Params, list[str]]:
+    """Meta-train on one fold; returns the meta-parameters and what the episodes left out."""
     largest = max(len(f) for f in train_f)
     k = min(mts.k_shot, max(largest - 1, 1))
     q = max(1, min(mts.q_query, largest - k))
@@ -806,14 +871,18 @@ def _meta_train_fold(model: FunctionalModel, train_f: Sequence[Family], val_f: S
     val_ok = [f for f in val_f if len(f) >= k + q]
     import warnings
 
-    with warnings.catch_warnings():
-        # families too small for the meta-training episodes are named by the sampler; in an
-        # evaluation they still serve as test/validation tasks at smaller k
-        warnings.simplefilter("ignore")
+    with warnings.catch_warnings(record=True) as caught:
+        # the sampler warns about families too small for the episodes; they go in the notes
+        # (they still serve as validation tasks at smaller k)
+        warnings.simplefilter("always")
         dtype = train_f[0].y.dtype
         res = meta_train(model, train_f, val_ok, settings=meta, train=opts, device=device,
                          progress=False, init_params=_init_params(model, seed, dtype))
-    return {k_: v.detach() for k_, v in res.meta_params.items()}
+    left = [str(w.message) for w in caught if "not drawn" in str(w.message)]
+    if len(val_ok) < len(val_f):
+        left.append(f"{len(val_f) - len(val_ok)} meta-validation families smaller than "
+                    f"k_shot + q_query = {k + q} not used for the running validation loss")
+    return {k_: v.detach() for k_, v in res.meta_params.items()}, left
 
 
 def _prior_from_fits(model: Any, meta_params: Params, train_f: Sequence[Family]

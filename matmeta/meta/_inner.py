@@ -93,10 +93,9 @@ def inner_loop(
         grads = grad_fn(fast)
         if first_order:
             grads = {k: g.detach() for k, g in grads.items()}
-        fast = {
-            k: fast[k] - (per_param_lr[k] if per_param_lr is not None and k in per_param_lr else lr) * grads[k]
-            for k in keys
-        }
+        rates = {k: per_param_lr[k] if per_param_lr is not None and k in per_param_lr else lr
+                 for k in keys}
+        fast = {k: fast[k] - rates[k] * grads[k] for k in keys}
     adapted = {**frozen, **fast}
     adapted = {k: adapted[k] for k in params}  # keep the caller's key order
     if return_trajectory:

@@ -1,4 +1,8 @@
-"""Models on the functional core: a parameter dict plus a pure forward function."""
+"""Models on the functional core: a parameter dict plus a pure forward function.
+
+Model classes (``CGCNN``, ``MLP``, ``CompositionModel``, the parametric laws) are imported from
+their modules on first use through the registry, so importing this package stays light.
+"""
 
 from matmeta.models._protocol import (
     FunctionalModel,
@@ -8,11 +12,7 @@ from matmeta.models._protocol import (
     sample_loss,
     weighted_mse,
 )
-
-__all__ = sorted(["FunctionalModel", "Params", "Samples", "num_samples", "sample_loss",
-                  "weighted_mse"])
-
-from matmeta.models._registry import (  # noqa: E402
+from matmeta.models._registry import (
     MODEL_CLASSES,
     build_model,
     load_model,
@@ -20,5 +20,16 @@ from matmeta.models._registry import (  # noqa: E402
     save_model,
 )
 
-__all__ = sorted([*__all__, "MODEL_CLASSES", "build_model", "load_model", "model_names",
-                  "save_model"])
+__all__ = [
+    "MODEL_CLASSES",
+    "FunctionalModel",
+    "Params",
+    "Samples",
+    "build_model",
+    "load_model",
+    "model_names",
+    "num_samples",
+    "sample_loss",
+    "save_model",
+    "weighted_mse",
+]

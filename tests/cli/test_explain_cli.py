@@ -106,6 +106,15 @@ def test_explain_bad_tables_one_line(tmp_path, capsys):
                  "--query", str(tmp_path / "support.csv")]) == 2
     err = capsys.readouterr().err.strip()
     assert "no rows" in err and len(err.splitlines()) == 1
+    sup = pd.read_csv(tmp_path / "support.csv")
+    sup.loc[0, "time_s"] = -5.0  # digitisation noise near t = 0
+    sup.to_csv(tmp_path / "neg.csv", index=False)
+    args = [*base, "--support", str(tmp_path / "neg.csv"), "--query", str(tmp_path / "query.csv")]
+    assert main(args) == 2
+    err = capsys.readouterr().err.strip()
+    assert "neg.csv, row 0, column 'time_s'" in err and "--allow-negative-time" in err
+    assert main([*args, "--allow-negative-time"]) == 0
+    capsys.readouterr()
     assert main([*base, "--support", str(tmp_path / "support.csv"), "--query",
                  str(tmp_path / "query.csv"), "--estimator", "implicit", "--inner-steps",
                  "3"]) == 2

@@ -54,8 +54,10 @@ def test_loo_matches_closed_form_ols_deletion():
     loo = loo_influence(req)
     assert loo.names == ["param:w[0]", "param:w[1]", "param:b"]
     np.testing.assert_allclose(loo.scores.numpy(), exact, atol=1e-8)
-    # the loop path gives the same numbers as the vmapped one
-    np.testing.assert_allclose(loo_influence(req, mode="loop").scores.numpy(), exact, atol=1e-8)
+    # the loop path gives the same numbers as the vmapped one (a short loop keeps this fast)
+    short, _ = _linear_request(inner={"steps": 15, "lr": 0.3})
+    np.testing.assert_allclose(loo_influence(short, mode="loop").scores.numpy(),
+                               loo_influence(short, mode="vmap").scores.numpy(), atol=1e-13)
 
 
 @pytest.mark.parametrize("solver", ["exact", "cg"])

@@ -75,7 +75,7 @@ def test_every_method_appears_with_an_interval_around_its_estimate(sine_result):
 def test_methods_see_the_same_tasks(sine_result):
     _, res = sine_result
     keys = res.tasks.groupby("method").apply(
-        lambda g: tuple(sorted(zip(g.family, g.k, g.repeat))), include_groups=False)
+        lambda g: tuple(sorted(zip(g.family, g.k, g.repeat, strict=True))), include_groups=False)
     assert len(set(keys)) == 1
 
 
@@ -186,3 +186,21 @@ def test_kinetics_adds_independent_and_map_fits():
     assert (t.n_groups == 2).all()
     prior = res.folds[0]["prior"]
     assert prior["names"] == ["ln_k", "ln_n"] and min(prior["std"]) >= 0.05
+
+
+def test_paired_comparison_ratio_and_wins_are_exact_on_known_errors():
+    import pandas as pd
+
+    from matmeta.meta._evaluate import paired_comparison
+
+    rows = []
+    for g, base in enumerate([0.2, 0.4, 0.6, 0.8]):
+        for r in range(3):
+            rows.append({"group": f"G{g}", "k": 2, "method": "b", "error": base + 0.01 * r})
+            rows.append({"group": f"G{g}", "k": 2, "method": "a", "error": (base + 0.01 * r) / 2})
+    tasks = pd.DataFrame(rows)
+    out = paired_comparison(tasks, "a", "b", n_boot=500)
+    (row,) = out.to_dict(orient="records")
+    # every group's error is halved, so every resample's ratio is exactly 0.5
+    assert row["ratio"] == pytest.approx(0.5) and row["wins"] == 4 and row["n_groups"] == 4
+    assert row["ci_low"] == pytest.approx(0.5) and row["ci_high"] == pytest.approx(0.5)

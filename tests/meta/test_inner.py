@@ -10,7 +10,8 @@ class Line:
     name = "line"
 
     def init_params(self, generator=None):
-        return {"a": torch.tensor(0.0, dtype=torch.float64), "b": torch.tensor(0.0, dtype=torch.float64)}
+        zero = torch.tensor(0.0, dtype=torch.float64)
+        return {"a": zero.clone(), "b": zero.clone()}
 
     def forward(self, params, x):
         return params["a"] * x + params["b"]
@@ -23,7 +24,8 @@ def test_weighted_mse_zero_weight_is_exact_deletion():
     pred = torch.tensor([1.0, 2.0, 3.0], dtype=torch.float64)
     y = torch.tensor([0.0, 0.0, 5.0], dtype=torch.float64)
     w = torch.tensor([1.0, 0.0, 1.0], dtype=torch.float64)
-    assert torch.isclose(weighted_mse(pred, y, w), torch.tensor((1.0 + 4.0) / 2, dtype=torch.float64))
+    expected = torch.tensor((1.0 + 4.0) / 2, dtype=torch.float64)
+    assert torch.isclose(weighted_mse(pred, y, w), expected)
 
 
 def test_inner_loop_matches_closed_form_gradient_descent():
@@ -35,8 +37,8 @@ def test_inner_loop_matches_closed_form_gradient_descent():
     out = inner_loop(model, p, Samples(x, y), steps=3, lr=0.1)
     a, b = 0.0, 0.0
     for _ in range(3):
-        r = [a * xi + b - yi for xi, yi in zip(x.tolist(), y.tolist())]
-        ga = 2 * sum(ri * xi for ri, xi in zip(r, x.tolist())) / 3
+        r = [a * xi + b - yi for xi, yi in zip(x.tolist(), y.tolist(), strict=True)]
+        ga = 2 * sum(ri * xi for ri, xi in zip(r, x.tolist(), strict=True)) / 3
         gb = 2 * sum(r) / 3
         a, b = a - 0.1 * ga, b - 0.1 * gb
     assert abs(out["a"].item() - a) < 1e-12 and abs(out["b"].item() - b) < 1e-12

@@ -1,5 +1,7 @@
 """Families, tasks, groupings, splits and the episodic sampler."""
 
+import math
+
 import pandas as pd
 import pytest
 import torch
@@ -103,3 +105,25 @@ def test_tungsten_isotherms_become_families_grouped_by_grade():
     if (raw["time_s"] < 0).any():  # the digitised file has a few negative times: named, not dropped
         with pytest.raises(InputError, match=r"row \d+, column 'time_s'"):
             families_from_table(raw, "jmak")
+
+
+def test_families_from_table_for_graphs_collate_per_task():
+    from ase.build import bulk
+
+    from matmeta.graphs import GraphBatch
+    from matmeta.models._transforms import TargetTransform
+
+    atoms = [bulk("NaCl", "rocksalt", a=5.6), bulk("Cu", "fcc", a=3.6, cubic=True),
+             bulk("MgO", "rocksalt", a=4.2)]
+    df = pd.DataFrame({"structure": atoms, "K_GPa": [25.0, 140.0, 160.0],
+                       "family": ["Cl", "Cu", "O"]})
+    tt = TargetTransform("log10_standardize", mean=2.0, std=0.5)
+    fams = families_from_table(df, "cgcnn", target="K_GPa", target_transform=tt,
+                               dtype=torch.float64)
+    assert [f.name for f in fams] == ["Cl", "Cu", "O"]
+    expected = (math.log10(140.0) - 2.0) / 0.5
+    torch.testing.assert_close(fams[1].y, torch.tensor([expected], dtype=torch.float64))
+    batch = fams[1].samples([0]).inputs
+    assert isinstance(batch, GraphBatch) and batch.num_graphs == 1
+    assert int(batch.num_atoms[0]) == len(atoms[1]) == 4
+    assert batch.edge_attr.shape[1] == fams[1].featurizer.n_basis

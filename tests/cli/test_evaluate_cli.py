@@ -1,0 +1,94 @@
+"""``matmeta evaluate``: writes the table and the plot, ``--json`` parses, bad input is one line."""
+
+import json
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from matmeta.cli.main import main
+
+
+def _feature_table(path, n_fam=6, size=10):
+    rng = np.random.default_rng(0)
+    rows = []
+    for i in range(n_fam):
+        b = rng.normal()
+        for _ in range(size):
+            x = rng.uniform(-3, 3)
+            rows.append({"family": f"F{i}", "x": x, "y_eV": 1.5 * np.sin(x) + b})
+    pd.DataFrame(rows).to_csv(path, index=False)
+    return path
+
+
+def _kinetics_table(path, grades=4):
+    rng = np.random.default_rng(1)
+    rows = []
+    t = np.logspace(1, 5, 8)
+    for g in range(grades):
+        for temp in (1400.0, 1500.0):
+            lnk = -7 + rng.normal(0, 0.5) + (temp - 1400) / 100
+            f = 1 - np.exp(-np.exp(2.0 * (lnk + np.log(t)))) + rng.normal(0, 0.02, t.size)
+            rows += [{"dataset_id": f"W{g}", "temperature_K": temp, "time_s": ti,
+                      "fraction": float(np.clip(fi, 0, 1))} for ti, fi in zip(t, f, strict=True)]
+    pd.DataFrame(rows).to_csv(path, index=False)
+    return path
+
+
+FAST = ["--steps", "10", "--meta-batch", "3", "--k-shot", "2", "--q-query-train", "4",
+        "--pretrain-steps", "20", "--repeats", "2", "--val-repeats", "1", "--bootstrap", "100",
+        "--no-progress", "--threads", "1", "--device", "cpu"]
+
+
+def test_json_table_csv_and_plot(tmp_path, capsys):
+    data = _feature_table(tmp_path / "t.csv")
+    out = tmp_path / "res.csv"
+    rc = main(["evaluate", "--data", str(data), "--model", "mlp", "--target", "y_eV",
+               "--features", "x", "--hidden", "8", "--test-families", "F0,F1",
+               "--val-families", "F2", "--shots", "2,5", "--methods",
+               "meta,pretrained,offset,scratch", "--out", str(out), "--json", *FAST])
+    assert rc == 0
+    doc = json.loads(capsys.readouterr().out)
+    table = pd.DataFrame(doc["table"])
+    assert set(table.method) == {"meta", "pretrained", "offset", "scratch"}
+    assert sorted(set(table.k)) == [2, 5]
+    assert doc["folds"][0]["test"] == ["F0", "F1"]
+    csv = pd.read_csv(out)
+    assert len(csv) == len(table) == 8
+    np.testing.assert_allclose(csv.error, table.error)
+    assert (csv.ci_low <= csv.error).all() and (csv.error <= csv.ci_high).all()
+    png = out.with_suffix(".png")
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_kinetics_table_with_independent_and_map_fits(tmp_path, capsys):
+    data = _kinetics_table(tmp_path / "k.csv")
+    out = tmp_path / "k_res.csv"
+    rc = main(["evaluate", "--data", str(data), "--model", "jmak", "--test-families", "W0",
+               "--val-families", "W1", "--shots", "2,3", "--methods", "meta,independent,map",
+               "--out", str(out), "--plot", str(tmp_path / "k.png"), *FAST])
+    assert rc == 0
+    text = capsys.readouterr().out
+    assert "independent" in text and "map" in text and "rmse" in text
+    csv = pd.read_csv(out)
+    assert set(csv.method) == {"meta", "independent", "map"}
+    assert (tmp_path / "k.png").exists()
+
+
+@pytest.mark.parametrize("extra, message", [
+    (["--shots", "50"], "k=50: no test family has more than 50 samples"),
+    (["--methods", "meta,magic"], "unknown evaluation method 'magic'"),
+    (["--algorithm", "mamal"], "unknown algorithm 'mamal'"),
+    (["--test-families", "Nope"], "not among the families"),
+])
+def test_bad_input_is_one_line_and_writes_nothing(tmp_path, capsys, extra, message):
+    data = _feature_table(tmp_path / "t.csv")
+    out = tmp_path / "res.csv"
+    args = ["evaluate", "--data", str(data), "--model", "mlp", "--target", "y_eV",
+            "--features", "x", "--hidden", "4", "--test-families", "F0", "--val-families",
+            "F1", "--out", str(out), *FAST]
+    rc = main(args + extra)
+    err = capsys.readouterr().err
+    assert rc == 2
+    assert message in err and err.strip().count("\n") == 0
+    assert not out.exists()
