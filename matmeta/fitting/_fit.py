@@ -291,7 +291,7 @@ def fit_curves(
             running, weighted R^2 < 0.99, or k or n poorly determined) continues its unfinished
             starts, with their damping, next to the starts it has not run yet; every curve keeps
             its best start by the same rule. A curve that ran all its starts gets the
-            ``"all"`` result.
+            ``"all"`` result, up to where a flat valley's stall test stops (~1e-6 in RMSE).
         device: ``"cpu"``, ``"cuda"``, ``"auto"`` or None (CPU, or the device of tensor inputs).
         dtype: float64 by default (the curvature of flat JMAK valleys needs it).
         labels: curve labels for error messages and :meth:`FitResult.table`.
@@ -418,7 +418,8 @@ def fit_curves(
         fit, k or n poorly determined) continues its unfinished rows, with their damping, next
         to the starts it has not run yet. Each curve then keeps its best row, so the result is
         never worse than pass 1 and, on a curve that ran all its starts, is the ``"all"``
-        result."""
+        result (up to where the stall test stops a creep along a flat valley: continued rows
+        restart Nielsen's growth factor)."""
         rows_all = torch.arange(b * s, device=dev).reshape(b, s)
         sparse = n_points <= SPARSE_POINTS_PER_PARAM * p
         if "ln_n" in model.flat_names:

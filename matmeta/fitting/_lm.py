@@ -163,8 +163,9 @@ def levenberg_marquardt(
     ref_cost = cost
 
     # Per-operation overhead, not arithmetic, sets the cost of an iteration once few rows are
-    # left (tens of microseconds per tensor operation on a busy CPU, and a launch each on a
-    # GPU): the loop below is written to use as few tensor operations as it can.
+    # left (several microseconds per tensor operation on a CPU, a kernel launch each on a GPU),
+    # and a few step-like curves keep the loop running for tens of iterations: the loop below
+    # keeps its tensor operations few.
     it = 0
     for it in range(1, max_iter + 1):  # noqa: B007 - the count is returned
         n_done = int(done.sum())

@@ -57,4 +57,4 @@ def pretrained_family(path: Path, family: str = "Se", n_train: int = 160, k_supp
         opt.step()
     params = {k: v.detach() for k, v in params.items()}
     ids = [r["mp_id"] for r in fam[:k_support]]
-    return model, params, support, query, ids, float(loss)
+    return model, params, support, query, ids, float(loss.detach())
