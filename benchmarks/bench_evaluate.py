@@ -144,8 +144,8 @@ def main(argv: list[str] | None = None) -> int:
     m.add_argument("--val", default="Sn,Cd")
     m.add_argument("--hidden", type=int, default=32)
     m.add_argument("--repeats", type=int, default=2)
-    m.add_argument("--meta-steps", type=int, default=100)
-    m.add_argument("--pretrain-steps", type=int, default=400)
+    m.add_argument("--meta-steps", type=int, default=1000)
+    m.add_argument("--pretrain-steps", type=int, default=1500)
     m.add_argument("--algorithm", default="maml")
     m.add_argument("--cache", default=None)
     for q in (w, m):

@@ -339,11 +339,12 @@ def main() -> None:
             # the cheaper relatives, against the same second-order `higher` baseline
             g, gp, _, tasks, _ = gnn_setup(args)
             module = _FunctionalModule(g, gp)
-            t_higher = _timeit(lambda: higher_meta_gradient(module, tasks, 2, 0.01), min_time)
+            steps = args.gnn_steps
+            t_higher = _timeit(lambda: higher_meta_gradient(module, tasks, steps, 0.01), min_time)
             for alg in ("anil", "fomaml"):
-                s = MetaSettings(alg, inner_steps=2, inner_lr=0.01)
+                s = MetaSettings(alg, inner_steps=steps, inner_lr=0.01)
                 t = _timeit(lambda s=s: meta_gradient(g, gp, tasks, s), min_time)
-                print(f"cgcnn    batch {len(tasks):>3} steps 2 [loop]: matmeta {alg} "
+                print(f"cgcnn    batch {len(tasks):>3} steps {steps} [loop]: matmeta {alg} "
                       f"{len(tasks) / t:6.1f} tasks/s = {t_higher / t:5.2f}x higher+our forward's "
                       "second-order MAML", flush=True)
 

@@ -5,5 +5,14 @@ Jacobian, and flags for poorly determined fits."""
 from matmeta.fitting._fit import DEFAULT_NOISE_STD, FitResult, fit_curves, fit_jmak, pad_curves
 from matmeta.fitting._lm import LMResult, levenberg_marquardt, normal_equations, solve_spd
 
-__all__ = ["DEFAULT_NOISE_STD", "FitResult", "LMResult", "fit_curves", "fit_jmak",
-           "levenberg_marquardt", "normal_equations", "pad_curves", "solve_spd"]
+__all__ = [
+    "DEFAULT_NOISE_STD",
+    "fit_curves",
+    "fit_jmak",
+    "FitResult",
+    "levenberg_marquardt",
+    "LMResult",
+    "normal_equations",
+    "pad_curves",
+    "solve_spd",
+]

@@ -7,7 +7,18 @@ from matmeta.graphs._neighbors import NeighborList, neighbor_list, select_neares
 from matmeta.graphs._settings import GRAPH_FORMAT_VERSION, FeaturizerSettings
 
 __all__ = [
-    "FeaturizerSettings", "GRAPH_FORMAT_VERSION", "GraphBatch", "GraphCache", "NeighborList",
-    "build_graphs", "collate", "gaussian_expansion", "graph_arrays", "graph_from_arrays",
-    "neighbor_list", "select_nearest", "structure_key", "structure_to_graph",
+    "build_graphs",
+    "collate",
+    "FeaturizerSettings",
+    "gaussian_expansion",
+    "graph_arrays",
+    "GRAPH_FORMAT_VERSION",
+    "graph_from_arrays",
+    "GraphBatch",
+    "GraphCache",
+    "neighbor_list",
+    "NeighborList",
+    "select_nearest",
+    "structure_key",
+    "structure_to_graph",
 ]

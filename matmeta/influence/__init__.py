@@ -30,18 +30,18 @@ from matmeta.influence._explain import (
 from matmeta.influence._request import SIGN_CONVENTION, InfluenceRequest
 
 __all__ = [
-    "DuplicateSampleWarning",
-    "ESTIMATORS",
-    "InfluenceRequest",
-    "InfluenceScores",
-    "SIGN_CONVENTION",
     "agreement",
+    "DuplicateSampleWarning",
     "estimate",
+    "ESTIMATORS",
     "explain",
     "explain_request",
     "find_duplicates",
     "implicit_influence",
+    "InfluenceRequest",
+    "InfluenceScores",
     "loo_influence",
+    "SIGN_CONVENTION",
     "tracin_influence",
     "unrolled_influence",
 ]

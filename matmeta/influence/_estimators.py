@@ -346,6 +346,35 @@ def implicit_influence(request: InfluenceRequest, *, solver: str = "auto",
 
 
 # ---------------------------------------------------------------------------------------------
+def _weight_directional(request: InfluenceRequest, point: Params, keys: list[str],
+                        directions: Tensor) -> Tensor:
+    """d/dw <directions_j, grad_theta objective(point, w)> at the request's weights: (m, K).
+
+    The same numbers as :func:`_mixed` without a second-order reverse pass: the inner product
+    with a direction is a forward-mode derivative of the objective along it, and differentiating
+    that scalar with respect to ``w`` only walks back through the loss's weighted reduction (the
+    model's forward pass does not depend on ``w``), so all K dot products cost about one
+    forward-mode pass through the model per direction.
+    """
+    w0 = request.weight.detach()
+    fast = {k: point[k].detach() for k in keys}
+
+    def along(direction: Tensor) -> Tensor:
+        tangent = _unflat(direction, fast, keys)
+
+        def h(w: Tensor) -> Tensor:
+            return torch.func.jvp(lambda f: request.objective(f, w), (fast,), (tangent,))[1]
+
+        return torch.func.grad(h)(w0)
+
+    if directions.shape[0] == 1:
+        return along(directions[0])[None, :]
+    try:
+        return torch.func.vmap(along)(directions)
+    except Exception:  # noqa: BLE001 - a model that cannot be vmapped gets one pass per direction
+        return torch.stack([along(d) for d in directions])
+
+
 def tracin_influence(request: InfluenceRequest, *, checkpoints: int | None = 50,
                      progress: bool | None = None) -> InfluenceScores:
     """TracIn: sums over the inner-loop trajectory of target-gradient . step-gradient products.
@@ -354,7 +383,9 @@ def tracin_influence(request: InfluenceRequest, *, checkpoints: int | None = 50,
     that step by ``lr * w_i * d/dw_i grad L`` and, ignoring how the change propagates through later
     steps, moves the target by the product with ``grad target(theta_t)``. So
     ``score_i = sum_t w_i * grad target(theta_t) . (lr * d/dw_i grad L(theta_t))``, which includes
-    the weighted mean's renormalisation (the classic sum-loss TracIn lacks it).
+    the weighted mean's renormalisation (the classic sum-loss TracIn lacks it). Per checkpoint
+    this costs one reverse pass per scalar target on the query and one forward-mode pass per
+    scalar target over the support (all K samples at once): no per-sample gradients.
 
     Example:
         >>> tracin_influence(req, checkpoints=20).scores
@@ -380,7 +411,7 @@ def tracin_influence(request: InfluenceRequest, *, checkpoints: int | None = 50,
         for t, span in zip(picks, spans, strict=True):
             point = {k: v.detach() for k, v in traj[t].items()}
             jac_f = _target_jacobian(request, point, keys)  # (m, P)
-            part = _mixed(request, point, keys, jac_f * lr[None, :]) * span
+            part = _weight_directional(request, point, keys, jac_f * lr[None, :]) * span
             total = part if total is None else total + part
             bar.update()
     scores = w0[:, None] * total.T

@@ -15,9 +15,24 @@ from matmeta.io._readers import (
     read_structures,
 )
 from matmeta.io._tables import read_structure_table, validate_targets
+from matmeta.io.alloys import parse_composition, read_alloy_table
+from matmeta.io.kinetics import KineticsTable, read_kinetics_table
 
 __all__ = [
-    "BUILTIN_DATASETS", "Crystal", "STRUCTURE_SUFFIXES", "builtin_path", "from_ase", "from_dict",
-    "from_pymatgen", "load_builtin", "read_structure", "read_structure_table", "read_structures",
+    "BUILTIN_DATASETS",
+    "builtin_path",
+    "Crystal",
+    "from_ase",
+    "from_dict",
+    "from_pymatgen",
+    "KineticsTable",
+    "load_builtin",
+    "parse_composition",
+    "read_alloy_table",
+    "read_kinetics_table",
+    "read_structure",
+    "read_structure_table",
+    "read_structures",
+    "STRUCTURE_SUFFIXES",
     "validate_targets",
 ]

@@ -21,15 +21,15 @@ from matmeta.models._registry import (
 )
 
 __all__ = [
-    "MODEL_CLASSES",
-    "FunctionalModel",
-    "Params",
-    "Samples",
     "build_model",
+    "FunctionalModel",
     "load_model",
+    "MODEL_CLASSES",
     "model_names",
     "num_samples",
+    "Params",
     "sample_loss",
+    "Samples",
     "save_model",
     "weighted_mse",
 ]

@@ -1,4 +1,30 @@
-"""Every figure matmeta draws, with matplotlib's Agg backend (no display needed).
+"""Every figure matmeta draws, with matplotlib's ``Figure`` API (no pyplot state, no display).
 
-One private module per topic (``_jmak.py``, ``_training.py``, ...), re-exported here.
+One private module per topic, re-exported here; :func:`save_figure` writes any of them
+atomically in the format the file name asks for.
+
+Example:
+    >>> from matmeta.plots import plot_jmak_fits, save_figure
+    >>> save_figure(plot_jmak_fits(curves, result), "fits.png")
 """
+
+from matmeta.plots._common import save_figure
+from matmeta.plots._evaluate import plot_learning_curves
+from matmeta.plots._influence import plot_influence_bars, plot_influence_curve
+from matmeta.plots._kinetics import KineticsCurve, plot_arrhenius, plot_avrami, plot_jmak_fits
+from matmeta.plots._meta import plot_meta_history
+from matmeta.plots._training import loss_curves_plot, parity_plot
+
+__all__ = [
+    "KineticsCurve",
+    "loss_curves_plot",
+    "parity_plot",
+    "plot_arrhenius",
+    "plot_avrami",
+    "plot_influence_bars",
+    "plot_influence_curve",
+    "plot_jmak_fits",
+    "plot_learning_curves",
+    "plot_meta_history",
+    "save_figure",
+]

@@ -2,28 +2,18 @@
 
 from __future__ import annotations
 
-import io
 import os
-from pathlib import Path
 
 import numpy as np
 import pandas as pd
 from matplotlib.figure import Figure
 
-from matmeta.checkpoint import atomic_write_bytes
+from matmeta.plots._common import save_figure
 
 __all__ = ["plot_influence_bars", "plot_influence_curve", "save_figure"]
 
 HELPFUL = "#2b8cbe"
 HARMFUL = "#d7301f"
-
-
-def save_figure(fig: Figure, path: str | os.PathLike, dpi: int = 150) -> Path:
-    """Save ``fig`` atomically in the format its suffix names (png, pdf, svg)."""
-    path = Path(path)
-    buf = io.BytesIO()
-    fig.savefig(buf, format=(path.suffix.lstrip(".") or "png"), dpi=dpi, bbox_inches="tight")
-    return atomic_write_bytes(path, buf.getvalue())
 
 
 def _score_column(df: pd.DataFrame, column: str | None) -> str:

@@ -9,17 +9,12 @@ Example:
 
 from __future__ import annotations
 
-import io
 import math
-import os
 from dataclasses import dataclass
-from pathlib import Path
 
 import numpy as np
 import torch
 from matplotlib.figure import Figure
-
-from matmeta.checkpoint import atomic_write_bytes
 
 # save_figure stays out of __all__: other plot modules define their own of the same name
 __all__ = ["KineticsCurve", "jmak_band", "plot_arrhenius", "plot_avrami", "plot_jmak_fits"]
@@ -46,15 +41,6 @@ class KineticsCurve:
     fraction_std: np.ndarray | None
     fit_index: int
     temperature_K: float | None = None
-
-
-def save_figure(fig: Figure, path: str | os.PathLike, dpi: int = 120) -> Path:
-    """Save ``fig`` atomically; the format follows the suffix (png, pdf, svg)."""
-    path = Path(path)
-    buf = io.BytesIO()
-    fmt = path.suffix.lstrip(".").lower() or "png"
-    fig.savefig(buf, format=fmt, dpi=dpi, bbox_inches="tight")
-    return atomic_write_bytes(path, buf.getvalue())
 
 
 def _grid(curve: KineticsCurve, n: int = 200) -> np.ndarray:

@@ -2,26 +2,15 @@
 
 from __future__ import annotations
 
-import io
 import os
 from collections.abc import Mapping, Sequence
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from matmeta.plots._common import save_figure
+
 __all__ = ["parity_plot", "loss_curves_plot", "save_figure"]
-
-
-def save_figure(fig: Any, path: str | os.PathLike, dpi: int = 130) -> Path:
-    """Save a matplotlib ``Figure`` atomically (format from the suffix, PNG by default)."""
-    from matmeta.checkpoint import atomic_write_bytes
-
-    path = Path(path)
-    fmt = path.suffix.lstrip(".").lower() or "png"
-    buf = io.BytesIO()
-    fig.savefig(buf, format=fmt, dpi=dpi, bbox_inches="tight")
-    return atomic_write_bytes(path, buf.getvalue())
 
 
 def parity_plot(sets: Mapping[str, tuple[Sequence[float], Sequence[float]]], *,

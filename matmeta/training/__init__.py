@@ -11,13 +11,13 @@ from matmeta.training._train import (
 )
 
 __all__ = [
-    "PropertyPredictor",
-    "TrainResult",
-    "TrainSettings",
     "describe_metrics",
     "load_predictor",
     "predict_structures",
+    "PropertyPredictor",
     "regression_metrics",
     "split_indices",
     "train_property_model",
+    "TrainResult",
+    "TrainSettings",
 ]

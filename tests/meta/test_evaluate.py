@@ -96,7 +96,7 @@ def test_meta_learning_beats_training_from_scratch_at_two_shots(sine_result):
     # by construction: the shared shape is learnable across families, not from 2 points
     _, res = sine_result
     t = res.table[res.table.k == 2].set_index("method")
-    assert t.loc["meta", "error"] < 0.6 * t.loc["scratch", "error"]
+    assert t.loc["meta", "error"] < 0.7 * t.loc["scratch", "error"]
     assert t.loc["meta", "ci_high"] < t.loc["scratch", "ci_low"]
 
 

@@ -23,8 +23,22 @@ from matmeta.models.parametric._units import (
 )
 
 __all__ = [
-    "Arrhenius", "ArrheniusJMAK", "BirchMurnaghan", "EV_PER_A3_IN_GPA", "JMAK", "K_to_k_per_s",
-    "ParamSpec", "ParametricModel", "Prior", "R_J_PER_MOL_K", "TIME_UNITS", "TRANSFORMS",
-    "jmak_curve", "k_per_s_to_K", "seconds_per", "t_half_from_k", "time_from_seconds",
+    "Arrhenius",
+    "ArrheniusJMAK",
+    "BirchMurnaghan",
+    "EV_PER_A3_IN_GPA",
+    "JMAK",
+    "jmak_curve",
+    "k_per_s_to_K",
+    "K_to_k_per_s",
+    "ParametricModel",
+    "ParamSpec",
+    "Prior",
+    "R_J_PER_MOL_K",
+    "seconds_per",
+    "t_half_from_k",
+    "time_from_seconds",
     "time_to_seconds",
+    "TIME_UNITS",
+    "TRANSFORMS",
 ]
