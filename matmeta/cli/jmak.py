@@ -190,8 +190,8 @@ def _fit(args: argparse.Namespace) -> int:
         plot_arrhenius,
         plot_avrami,
         plot_jmak_fits,
-        save_figure,
     )
+    from matmeta.plots._common import save_figure
 
     device = setup_runtime(args)
     if args.max_iter < 1:

@@ -350,22 +350,25 @@ def _weight_directional(request: InfluenceRequest, point: Params, keys: list[str
                         directions: Tensor) -> Tensor:
     """d/dw <directions_j, grad_theta objective(point, w)> at the request's weights: (m, K).
 
-    The same numbers as :func:`_mixed` without a second-order reverse pass: the inner product
-    with a direction is a forward-mode derivative of the objective along it, and differentiating
-    that scalar with respect to ``w`` only walks back through the loss's weighted reduction (the
-    model's forward pass does not depend on ``w``), so all K dot products cost about one
-    forward-mode pass through the model per direction.
+    The same numbers as :func:`_mixed` without per-sample gradients or a second-order pass. The
+    support loss is the weighted mean ``L = sum_i w_i l_i / W`` of squared errors
+    ``l_i = (f_i - y_i)^2`` (:func:`~matmeta.models.sample_loss`; the proximal term does not
+    depend on ``w``), so ``d/dw_i <d, grad L> = (<d, grad l_i> - <d, grad L>) / W`` and every
+    ``<d, grad l_i> = 2 (f_i - y_i) <d, grad f_i>`` comes from one forward-mode pass of the model
+    over all K samples along ``d``.
     """
     w0 = request.weight.detach()
     fast = {k: point[k].detach() for k in keys}
+    frozen = {k: v for k, v in point.items() if k not in fast}
+    inputs, y = request.support.inputs, request.support.y
+    total_w = w0.sum()
 
     def along(direction: Tensor) -> Tensor:
         tangent = _unflat(direction, fast, keys)
-
-        def h(w: Tensor) -> Tensor:
-            return torch.func.jvp(lambda f: request.objective(f, w), (fast,), (tangent,))[1]
-
-        return torch.func.grad(h)(w0)
+        pred, dpred = torch.func.jvp(
+            lambda f: request.model.forward({**frozen, **f}, inputs), (fast,), (tangent,))
+        dots = 2 * (pred - y) * dpred  # <d, grad l_i>, (K,)
+        return (dots - (w0 * dots).sum() / total_w) / total_w
 
     if directions.shape[0] == 1:
         return along(directions[0])[None, :]
@@ -373,6 +376,10 @@ def _weight_directional(request: InfluenceRequest, point: Params, keys: list[str
         return torch.func.vmap(along)(directions)
     except Exception:  # noqa: BLE001 - a model that cannot be vmapped gets one pass per direction
         return torch.stack([along(d) for d in directions])
+
+
+# Checkpoints per vmapped TracIn pass for a model without graphs (bounds the batched copies).
+TRACIN_CHUNK = 64
 
 
 def tracin_influence(request: InfluenceRequest, *, checkpoints: int | None = 50,
@@ -404,19 +411,57 @@ def tracin_influence(request: InfluenceRequest, *, checkpoints: int | None = 50,
         picks = list(range(steps))
     else:
         picks = sorted({int(round(x)) for x in torch.linspace(0, steps - 1, checkpoints).tolist()})
-    spans = [b - a for a, b in zip(picks, [*picks[1:], steps], strict=True)]
+    spans = torch.tensor([b - a for a, b in zip(picks, [*picks[1:], steps], strict=True)],
+                         dtype=w0.dtype, device=w0.device)
     lr = _flat(request.lr_tree(), keys)
-    total = None
-    with _progress(len(picks), "tracin", progress) as bar:
-        for t, span in zip(picks, spans, strict=True):
-            point = {k: v.detach() for k, v in traj[t].items()}
+    like = {k: request.params[k].detach() for k in keys}
+    frozen = {k: v.detach() for k, v in request.params.items() if k not in keys}
+    thetas = torch.stack([_flat(traj[t], keys).detach() for t in picks])  # (C, P)
+    n_targets = len(request.target_names())
+
+    def at_checkpoint(theta: Tensor) -> Tensor:
+        point = {**frozen, **_unflat(theta, like, keys)}
+        if n_targets == 1:  # one reverse pass, without the vjp's cotangent bookkeeping
+            jac_f = torch.func.grad(
+                lambda v: request.evaluate({**frozen, **_unflat(v, like, keys)})[0])(theta)[None]
+        else:
             jac_f = _target_jacobian(request, point, keys)  # (m, P)
-            part = _weight_directional(request, point, keys, jac_f * lr[None, :]) * span
-            total = part if total is None else total + part
-            bar.update()
+        return _weight_directional(request, point, keys, jac_f * lr[None, :])  # (m, K)
+
+    # Small models spend their time in per-operation overhead, so checkpoints go through vmapped
+    # passes (measured 2-4x faster than one at a time, the GNN included); a graph support is
+    # chunked so a chunk holds at most VMAP_EDGE_BUDGET edges.
+    chunk = 1
+    if getattr(request.model, "supports_vmap", True):
+        edges = max(_edges(request.support), _edges(request.query))
+        budget = TRACIN_CHUNK if edges == 0 else VMAP_EDGE_BUDGET // edges
+        chunk = max(1, min(len(picks), budget))
+    total = torch.zeros(len(request.target_names()), request.num_support, dtype=w0.dtype,
+                        device=w0.device)
+    with _progress(len(picks), "tracin", progress) as bar:
+        start = 0
+        while start < len(picks):
+            block = thetas[start:start + chunk]
+            parts = None
+            if chunk > 1:
+                try:
+                    parts = torch.func.vmap(at_checkpoint)(block)  # (c, m, K)
+                except Exception:  # noqa: BLE001 - any vmap limitation: one checkpoint at a time
+                    chunk = 1
+                    continue
+            if parts is None:
+                parts = at_checkpoint(block[0])[None]
+            total = total + torch.einsum("c,cmk->mk", spans[start:start + len(block)], parts)
+            start += len(block)
+            bar.update(len(block))
     scores = w0[:, None] * total.T
     return InfluenceScores(scores.detach(), request.target_names(), "tracin",
                            {"checkpoints": len(picks), "steps": steps})
+
+
+def _edges(samples: Any) -> int:
+    edges = getattr(getattr(samples, "inputs", None), "edge_index", None)
+    return 0 if edges is None else int(edges.shape[-1])
 
 
 ESTIMATORS: dict[str, Callable[..., InfluenceScores]] = {

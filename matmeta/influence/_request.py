@@ -43,8 +43,10 @@ _INNER_ALIASES = {
     "trainable": "trainable", "trainable_names": "trainable",
     "proximal": "proximal",
 }
-# Settings that do not change the adapted parameters (only how a meta-gradient flows).
-_INNER_IGNORED = {"first_order"}
+# Settings that do not change the adapted parameters (how a meta-gradient flows, or what a meta
+# checkpoint's inner record says about training), so the record of `MetaResult.inner()` and of
+# a meta checkpoint can be passed as it is.
+_INNER_IGNORED = {"first_order", "algorithm", "train_steps"}
 # "params" expands to one column per parameter element; beyond this, name them one by one.
 MAX_PARAM_COLUMNS = 256
 

@@ -183,14 +183,19 @@ def train_property_model(
         tr, va, te = (np.asarray(s, dtype=int) for s in splits)
     if len(tr) == 0:
         raise InputError("the training split is empty")
+    if target_transform == "log10_standardize" and (y_all <= 0).any():
+        i = int(np.flatnonzero(y_all <= 0)[0])
+        raise InputError(f"{target}: value {y_all[i]} at sample {i} cannot be log10-transformed; "
+                         "expected positive values")
     transform = TargetTransform.fit(y_all[tr], kind=target_transform, name=target)
     device = torch.device(device)
     dtype = torch.float32
     y_model = transform.forward(torch.as_tensor(y_all, dtype=torch.float64)).to(dtype)
 
     gen = torch.Generator().manual_seed(seed)
-    params = {k: v.to(device).requires_grad_(True)
-              for k, v in model.init_params(gen, dtype=dtype).items()}
+    params = {k: v.to(device)
+              for k, v in model.init_params(gen).items()}
+    params = {k: v.detach().to(dtype).requires_grad_(True) for k, v in params.items()}
     optimiser = torch.optim.AdamW(params.values(), lr=opts.lr, weight_decay=opts.weight_decay)
     steps_per_epoch = math.ceil(len(tr) / opts.batch_size)
     total = opts.epochs * steps_per_epoch

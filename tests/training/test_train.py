@@ -130,6 +130,11 @@ def test_bad_targets_are_refused():
     model = CGCNN(hidden=8, n_conv=1, n_basis=SETTINGS.n_basis)
     with pytest.raises(InputError, match="NaN or infinite.*sample 5"):
         train_property_model(graphs, bad, model, SETTINGS, progress=False)
+    negative = moduli.copy()
+    negative[7] = -2.0
+    with pytest.raises(InputError, match="value -2.0 at sample 7 cannot be log10"):
+        train_property_model(graphs, negative, model, SETTINGS, progress=False,
+                             target_transform="log10_standardize")
     with pytest.raises(InputError, match="71 graphs but 3 targets"):
         train_property_model(graphs, moduli[:3], model, SETTINGS, progress=False)
 

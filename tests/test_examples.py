@@ -1,0 +1,57 @@
+"""Every example runs end to end in its fast mode, and the demo runs in quick mode."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+
+import pandas as pd
+import pytest
+
+from tests.helpers import ROOT
+
+EXAMPLES = sorted((ROOT / "examples").glob("*.py"))
+
+
+def _run(args: list[str], cwd) -> subprocess.CompletedProcess:
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "MPLBACKEND": "Agg"}
+    proc = subprocess.run([sys.executable, *args], cwd=cwd, env=env, capture_output=True,
+                          text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return proc
+
+
+@pytest.mark.parametrize("script", EXAMPLES, ids=[p.stem for p in EXAMPLES])
+def test_example_runs_in_fast_mode(script, tmp_path):
+    _run([str(script), "--fast", "--out", str(tmp_path / "out")], cwd=tmp_path)
+    written = list((tmp_path / "out").iterdir())
+    assert written, f"{script.name} wrote nothing"
+    for csv in (tmp_path / "out").glob("*.csv"):
+        assert len(pd.read_csv(csv)) > 0
+
+
+def test_fit_example_recovers_published_parameters(tmp_path):
+    _run([str(ROOT / "examples" / "fit_jmak_few_points.py"), "--out", str(tmp_path)],
+         cwd=tmp_path)
+    table = pd.read_csv(tmp_path / "comparison.csv").set_index("fit")
+    published = table.loc["published"]
+    for fit in ("3 points, no prior", "3 points, MAP with prior"):
+        # 3 noisy points (std 0.03) pin the half time to within 10 % and n to within 25 %.
+        assert abs(table.loc[fit, "t_half_s"] / published["t_half_s"] - 1) < 0.10
+        assert abs(table.loc[fit, "n"] / published["n"] - 1) < 0.25
+
+
+def test_demo_quick_writes_a_report(tmp_path):
+    _run(["-m", "matmeta", "demo", "--quick", "--quiet", "--out", str(tmp_path / "demo"),
+                 "--device", "cpu"], cwd=tmp_path)
+    report = (tmp_path / "demo" / "report.md").read_text()
+    for section in ("JMAK fits", "Meta-learning JMAK", "Which measurements drove",
+                    "CGCNN property model"):
+        assert section in report
+    fits = pd.read_csv(tmp_path / "demo" / "kinetics" / "fits.csv")
+    assert len(fits) == 36 and fits["converged"].all()
+    influence = pd.read_csv(tmp_path / "demo" / "explain" / "influence.csv")
+    # the corrupted support point must be the most harmful one
+    worst = influence.sort_values("query_loss").iloc[0]
+    assert "corrupted" in str(worst.iloc[0])
