@@ -10,6 +10,7 @@ Example:
 from __future__ import annotations
 
 import math
+import textwrap
 from dataclasses import dataclass
 
 import numpy as np
@@ -105,7 +106,9 @@ def plot_jmak_fits(curves: list[KineticsCurve], result, title: str | None = None
         ax.set_xlabel("time (s)")
         ax.set_ylabel("fraction transformed")
         conv = bool(result.converged[c.fit_index])
-        ax.set_title(c.label + ("" if conv else " (not converged)"), fontsize=8)
+        # long material names would run into the next panel's title: wrap them
+        label = c.label + ("" if conv else " (not converged)")
+        ax.set_title(textwrap.fill(label, 40), fontsize=7)
     if curves:
         axes[0].legend(fontsize=7, loc="upper left")
     if title:
