@@ -137,7 +137,7 @@ def bench(name: str, req: InfluenceRequest, rows: list[str]) -> None:
         ratio = t_loop / t if t == t else math.nan
         sp = f"{agree['spearman']:.3f}" if agree else "-"
         pe = f"{agree['pearson']:.3f}" if agree else "-"
-        line = (f"| {name} | {k} | {t_loop:.2f} | {est} | {t:.2f} | {ratio:.1f}x "
+        line = (f"| {name} | {k} | {t_loop:.3f} | {est} | {t:.4f} | {ratio:.1f}x "
                 f"(bar {k / 2:.1f}x) | {sp} | {pe} | {note} |")
         rows.append(line)
         print(line, flush=True)

@@ -2,13 +2,11 @@
 
 from __future__ import annotations
 
-import io
 import os
-from pathlib import Path
 
 import pandas as pd
 
-from matmeta.checkpoint import atomic_write_bytes
+from matmeta.plots._common import save_figure
 
 __all__ = ["plot_learning_curves"]
 
@@ -68,7 +66,5 @@ def plot_learning_curves(table: pd.DataFrame, path: str | os.PathLike | None = N
         ax.legend(fontsize=8)
     fig.tight_layout()
     if path is not None:
-        buf = io.BytesIO()
-        fig.savefig(buf, format="png")
-        atomic_write_bytes(Path(path), buf.getvalue())
+        save_figure(fig, path)
     return fig

@@ -2,12 +2,10 @@
 
 from __future__ import annotations
 
-import io
 import os
 from collections.abc import Sequence
-from pathlib import Path
 
-from matmeta.checkpoint import atomic_write_bytes
+from matmeta.plots._common import save_figure
 
 __all__ = ["plot_meta_history"]
 
@@ -55,7 +53,5 @@ def plot_meta_history(history: Sequence[dict], path: str | os.PathLike | None = 
     ax.legend(fontsize=8)
     fig.tight_layout()
     if path is not None:
-        buf = io.BytesIO()
-        fig.savefig(buf, format="png")
-        atomic_write_bytes(Path(path), buf.getvalue())
+        save_figure(fig, path)
     return fig
