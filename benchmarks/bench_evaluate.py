@@ -64,10 +64,8 @@ def mp(args: argparse.Namespace) -> None:
     from matmeta.graphs import FeaturizerSettings, build_graphs
     from matmeta.io import read_structure_table
     from matmeta.meta import Family, MetaSettings, MetaTrainSettings
-    from matmeta.meta._data import transform_families
     from matmeta.meta._evaluate import EvaluationSettings, evaluate
     from matmeta.models._gnn import CGCNN
-    from matmeta.models._transforms import TargetTransform
 
     t0 = time.perf_counter()
     df = read_structure_table(DATA / "structures" / "mp_binary_elasticity.json.gz",
@@ -91,9 +89,6 @@ def mp(args: argparse.Namespace) -> None:
         idx = [i for i, f in enumerate(fam_col) if f == name]
         fams.append(Family(name, [graphs[i] for i in idx], y[idx], featurizer=feat))
     test = [t for t in args.test.split(",") if t]
-    fit_on = [f for f in fams if f.group not in test]
-    tt = TargetTransform.fit(torch.cat([f.y for f in fit_on]).double(), "log10_standardize")
-    fams = transform_families(fams, tt)
     print(f"{len(fams)} families, {sum(len(f) for f in fams)} compounds, graphs in "
           f"{time.perf_counter() - t0:.0f} s", flush=True)
     model = CGCNN(hidden=args.hidden, n_conv=2, n_basis=feat.n_basis)
@@ -109,7 +104,7 @@ def mp(args: argparse.Namespace) -> None:
                    meta_train_settings=MetaTrainSettings(steps=args.meta_steps, meta_batch=4,
                                                          k_shot=5, q_query=10, outer_lr=3e-3,
                                                          clip=10.0),
-                   target_transform=tt, units="log10 GPa", progress=False,
+                   target_transform="log10_standardize", units="log10 GPa", progress=False,
                    log=lambda line: print(f"{line} ({time.perf_counter() - t0:.0f} s)",
                                           flush=True))
     report(res, args, time.perf_counter() - t0)

@@ -83,6 +83,12 @@ def _fit(args: argparse.Namespace) -> int:
     for g in groups:
         if g not in df.columns:
             raise InputError(f"{src}: --group-by column {g!r} not in the table")
+        # groupby drops NaN keys: a row without its label would vanish from the fit
+        na = df[g].isna().to_numpy() | (df[g].astype(str).str.strip() == "").to_numpy()
+        if na.any():
+            i = int(np.argmax(na))
+            raise InputError(f"{where(src, int(lines[i]), g)}missing group label; every row "
+                             "needs one (or drop the column from --group-by)")
     df = df.assign(volume_A3=vals["volume_A3"], energy_eV=vals["energy_eV"], row=lines)
     curves = list(df.groupby(groups, sort=True)) if groups else [((), df)]
     model = BirchMurnaghan()

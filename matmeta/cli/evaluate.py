@@ -20,9 +20,11 @@ methods (all that apply by default; --methods picks some):
   map          kinetics: MAP fit, prior mean = meta-learned parameters, prior spread = that of
                independent fits to the meta-train families
 
-Nothing is chosen on test families. Errors: MAE (RMSE for kinetics fractions; log10 units for
-log-transformed targets), averaged per family group, then over groups; the interval (90% by
-default) resamples groups. Families too small for a k are reported, not silently skipped.
+Nothing is chosen or fitted on test families: the target transform (log10 + standardisation for
+cgcnn, standardisation for mlp) is fitted per fold on its meta-train families only. Errors: MAE
+(RMSE for kinetics fractions; log10 units for log-transformed targets), averaged per family
+group, then over groups; the interval (90% by default) resamples groups. Families too small for
+a k are reported, not silently skipped.
 
 examples:
   matmeta evaluate --data tungsten_recrystallization.csv --model jmak --shots 2,3 \\
@@ -195,6 +197,10 @@ def load_families(args: argparse.Namespace, kind: str, dtype) -> tuple[list, str
 
         df = read_alloy_table(path, args.composition_column, args.target,
                               drop_missing_target=True)
+        dropped = int(df.attrs.get("report", {}).get("dropped_missing_target", 0) or 0)
+        if dropped:
+            notes.append(f"{path}: {dropped} rows with an empty {args.target!r} dropped (no "
+                         "target to learn or score)")
         elements = sorted({e for fr in df["fractions"] for e in fr})
         for e in elements:
             df[f"x_{e}"] = [float(fr.get(e, 0.0)) for fr in df["fractions"]]
@@ -241,8 +247,7 @@ def run(args: argparse.Namespace) -> int:
     from matmeta.cli.common import setup_runtime
     from matmeta.errors import InputError
     from matmeta.meta import MetaSettings, MetaTrainSettings
-    from matmeta.meta._data import transform_families
-    from matmeta.meta._evaluate import EvaluationSettings, evaluate, family_folds
+    from matmeta.meta._evaluate import EvaluationSettings, evaluate
     from matmeta.models._registry import build_model
 
     kind = "cgcnn" if args.model == "gnn" else args.model
@@ -264,20 +269,12 @@ def run(args: argparse.Namespace) -> int:
     dtype = getattr(torch, args.dtype or ("float64" if parametric else "float32"))
     families, units, notes = load_families(args, kind, dtype)
 
-    tt = None
     test, val = _split(args.test_families), _split(args.val_families)
+    # a kind, not a fitted transform: evaluate fits it per fold on that fold's meta-train
+    # families, so no held-out target shapes the space a fold learns in
+    tkind = None
     if not parametric:
-        from matmeta.models._transforms import TargetTransform
-
-        # fit the transform on families outside every fold's test groups where there are such
-        # (explicit test families); leave-one-out fits it on all (a shift and scale only)
-        folds = family_folds(families, test=test, val=val, seed=args.seed)
-        held = {f.group for _, _, te in folds for f in te}
-        fit_on = [f for f in families if f.group not in held] or families
         tkind = "log10_standardize" if kind == "cgcnn" else "standardize"
-        tt = TargetTransform.fit(torch.cat([f.y for f in fit_on]).double(), kind=tkind,
-                                 name=f"{args.data}, column {args.target!r}")
-        families = transform_families(families, tt)
 
     hidden = _names(args.hidden)
     cfg: dict = {}
@@ -294,10 +291,14 @@ def run(args: argparse.Namespace) -> int:
     model = build_model(kind, cfg)
     log = None if args.json else (lambda line: print(line, file=sys.stderr))
     result = evaluate(model, families, test=test, val=val, settings=settings,
-                      meta_settings=meta, meta_train_settings=mts, target_transform=tt,
+                      meta_settings=meta, meta_train_settings=mts, target_transform=tkind,
                       units=units, device=device, progress=not args.no_progress and None,
                       log=log)
     result.notes[:0] = notes
+    # nothing is written for a run that evaluated no task
+    if not len(result.table):
+        raise InputError("no task could be evaluated: every test family is too small for "
+                         "every k")
     out = Path(args.out)
     result.to_csv(out)
     from matmeta.plots._evaluate import plot_learning_curves
@@ -311,9 +312,6 @@ def run(args: argparse.Namespace) -> int:
 
         atomic_write_text(args.tasks_out, result.tasks.to_csv(index=False))
         wrote.append(str(args.tasks_out))
-    if not len(result.table):
-        raise InputError("no task could be evaluated: every test family is too small for "
-                         "every k")
     if args.json:
         print(result.to_json())
         return 0

@@ -23,10 +23,13 @@ Estimators: unrolled (derivative through the inner loop as run; default), implic
 Hessian at the adapted optimum; needs a converged inner loop), tracin (gradient products along
 the inner-loop trajectory), loo (exact leave-one-out re-adaptation).
 
-Tables: kinetics models read time_s and fraction columns; MLP models the feature columns and
-target the meta checkpoint names; graph models a structure column and the target. A query
-without the target column has unknown labels (use --target prediction). A sample identifier
-comes from a column id, sample, mp_id, material_id or name, else the row number.
+Tables: kinetics models read a time column (time_s, time_min or time_h; converted to seconds)
+and fraction (temperature_K > 0 for Arrhenius models), with the checks of matmeta jmak fit;
+MLP models the feature columns and target the meta checkpoint names; graph models a structure
+column and the target. A query without the target column has unknown labels (use --target
+prediction). A sample identifier comes from a column id, sample, mp_id, material_id or name,
+else the row number. Row numbers in messages and ids are line numbers in a CSV file (header =
+line 1), record numbers in JSON.
 
 Example:
   matmeta explain --model meta.pt --support support.csv --query query.csv --check-loo \\
@@ -66,7 +69,11 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     g.add_argument("--inner-lr", type=float, default=None, help="inner learning rate")
     g.add_argument("--damping", type=float, default=None,
                    help="implicit: added to the Hessian diagonal [default: automatic]")
-    g.add_argument("--time-column", default="time_s", help="kinetics time column, seconds")
+    g.add_argument("--time-column", default=None,
+                   help="kinetics time column; its unit from the name (time_s, time_min, "
+                        "time_h), else --time-unit [default: the one time_* column]")
+    g.add_argument("--time-unit", default=None, choices=("s", "min", "h"),
+                   help="unit of a time column whose name does not say (e.g. time)")
     g.add_argument("--fraction-column", default="fraction", help="kinetics target column")
     g.add_argument("--allow-negative-time", action="store_true",
                    help="kinetics: keep negative times (digitisation noise near t = 0)")
@@ -81,7 +88,24 @@ def _ids(df: Any) -> list[str]:
     for col in ID_COLUMNS:
         if col in df.columns:
             return [str(v) for v in df[col]]
-    return [f"row {i}" for i in df.index]
+    return [f"row {n}" for n in _lines(df)]
+
+
+def _lines(df: Any):
+    """Line number of each row in its file: header = line 1 in CSV; record number in JSON."""
+    import numpy as np
+
+    return np.arange(len(df)) + int(df.attrs.get("first_row", 2))
+
+
+def _show(value: Any) -> str:
+    """A cell for a message: numbers with :g, text quoted."""
+    if isinstance(value, str):
+        return repr(value)
+    try:
+        return f"{float(value):g}"
+    except (TypeError, ValueError):
+        return str(value)
 
 
 def _read_table(path: str) -> Any:
@@ -100,6 +124,7 @@ def _read_table(path: str) -> Any:
     if len(df) == 0:
         raise InputError(f"{path}: the table has no rows (influence needs at least one sample)")
     df.attrs["source"] = str(path)
+    df.attrs["first_row"] = 1 if name.endswith(".json") else 2
     return df
 
 
@@ -118,36 +143,15 @@ def _samples(df: Any, path: str, kind: str, ckpt: dict, args: argparse.Namespace
     import numpy as np
     import torch
 
-    from matmeta.errors import InputError, where
+    from matmeta.errors import InputError
     from matmeta.models import Samples
 
     opts = (ckpt.get("extra", {}).get("data") or {}).get("options", {}) or {}
     target = opts.get("target")
-    if kind in ("jmak",):
-        _need(df, [args.time_column], path, kind)
-        t = np.asarray(pd_numeric(df, args.time_column, path))
-        if (t < 0).any() and not args.allow_negative_time:
-            i = int(np.flatnonzero(t < 0)[0])
-            raise InputError(f"{where(path, df.index[i], args.time_column)}{t[i]}: expected a "
-                             "time >= 0 in seconds (pass --allow-negative-time to keep "
-                             "digitisation noise near t = 0 as measured)")
-        inputs = torch.as_tensor(t, dtype=torch.float64)
-        tcol = args.fraction_column
-        if labelled and tcol in df.columns:
-            f = np.asarray(pd_numeric(df, tcol, path))
-            tol = float(args.fraction_tolerance)
-            out = (f < -tol) | (f > 1 + tol)
-            if out.any():
-                i = int(np.flatnonzero(out)[0])
-                raise InputError(f"{where(path, df.index[i], tcol)}fraction {f[i]:g} outside "
-                                 f"[0, 1]; pass --fraction-tolerance TOL to accept small "
-                                 "measurement overshoot")
-    elif kind == "arrhenius_jmak":
-        _need(df, [args.time_column, "temperature_K"], path, kind)
-        inputs = torch.as_tensor(np.stack([pd_numeric(df, args.time_column, path),
-                                           pd_numeric(df, "temperature_K", path)], 1))
-        tcol = args.fraction_column
-    elif kind == "mlp":
+    if kind in ("jmak", "arrhenius_jmak"):
+        inputs, y = _kinetics(df, path, kind, args, labelled)
+        return Samples(inputs, y)
+    if kind == "mlp":
         feats = opts.get("features")
         if isinstance(feats, str):
             feats = [f for f in feats.split(",") if f]
@@ -183,6 +187,45 @@ def _samples(df: Any, path: str, kind: str, ckpt: dict, args: argparse.Namespace
     return Samples(inputs, y)
 
 
+def _kinetics(df: Any, path: str, kind: str, args: argparse.Namespace, labelled: bool):
+    """Kinetics inputs (time_s, or [time_s, temperature_K]) and fractions through the checks of
+    :func:`matmeta.io.kinetics.read_kinetics_table`: time units, fraction range, t >= 0, T > 0."""
+    import pandas as pd
+    import torch
+
+    from matmeta.errors import InputError
+    from matmeta.io.kinetics import _time_column, read_kinetics_table
+
+    tcol, _ = _time_column([str(c) for c in df.columns], args.time_unit, path, args.time_column)
+    sub = pd.DataFrame({tcol: df[tcol].to_numpy()})
+    fcol = args.fraction_column
+    has_y = labelled and fcol in df.columns
+    if labelled and not has_y:
+        raise InputError(f"{path}: missing target column {fcol!r} (the support set needs labels)")
+    # unlabelled queries: a placeholder passes the fraction checks; y is NaN below
+    sub["fraction"] = df[fcol].to_numpy() if has_y else 0.0
+    if kind == "arrhenius_jmak":
+        _need(df, ["temperature_K"], path, kind)
+        sub["temperature_K"] = df["temperature_K"].to_numpy()
+    try:
+        data = read_kinetics_table(
+            sub, time_unit=args.time_unit, time_column=tcol, group_by=[],
+            fraction_tolerance=args.fraction_tolerance,
+            allow_negative_time=args.allow_negative_time,
+            require_temperature=kind == "arrhenius_jmak", source=path, rows=_lines(df)).data
+    except InputError as exc:
+        if fcol == "fraction":
+            raise
+        # the reader knows the column as 'fraction': name it as the user's table does
+        raise InputError(str(exc).replace("column 'fraction'", f"column {fcol!r}")) from None
+    t = torch.tensor(data["time_s"].to_numpy(), dtype=torch.float64)
+    inputs = t if kind == "jmak" else torch.stack(
+        [t, torch.tensor(data["temperature_K"].to_numpy(), dtype=torch.float64)], 1)
+    y = (torch.tensor(data["fraction"].to_numpy(), dtype=torch.float64) if has_y
+         else torch.full((len(df),), float("nan"), dtype=torch.float64))
+    return inputs, y
+
+
 def pd_numeric(df: Any, col: str, path: str):
     import numpy as np
     import pandas as pd
@@ -193,8 +236,8 @@ def pd_numeric(df: Any, col: str, path: str):
     bad = ~np.isfinite(values)
     if bad.any():
         i = int(np.flatnonzero(bad)[0])
-        raise InputError(f"{where(path, df.index[i], col)}{df[col].iloc[i]!r}: expected a "
-                         "finite number")
+        raise InputError(f"{where(path, int(_lines(df)[i]), col)}{_show(df[col].iloc[i])}: "
+                         "expected a finite number")
     return values
 
 

@@ -185,13 +185,13 @@ def _fit(args: argparse.Namespace) -> int:
     from matmeta.fitting import fit_curves
     from matmeta.io.kinetics import read_kinetics_table
     from matmeta.models.parametric import JMAK, ArrheniusJMAK, Prior
+    from matmeta.plots._common import save_figure
     from matmeta.plots._kinetics import (
         KineticsCurve,
         plot_arrhenius,
         plot_avrami,
         plot_jmak_fits,
     )
-    from matmeta.plots._common import save_figure
 
     device = setup_runtime(args)
     if args.max_iter < 1:

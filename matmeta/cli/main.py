@@ -14,6 +14,7 @@ import argparse
 import importlib
 import pkgutil
 import sys
+import warnings
 
 import matmeta.cli as _cli_pkg
 from matmeta._version import __version__
@@ -52,7 +53,14 @@ def main(argv: list[str] | None = None) -> int:
         parser.print_help()
         return 0
     try:
-        return int(args.func(args) or 0)
+        with warnings.catch_warnings():
+            # One line per warning (too-small families, unsorted times, jitter added...),
+            # without Python's echo of the source line; --debug keeps Python's format.
+            if not args.debug:
+                warnings.showwarning = lambda msg, *a, **k: print(
+                    f"matmeta {args.command}: warning: {str(msg).strip().splitlines()[0]}",
+                    file=sys.stderr)
+            return int(args.func(args) or 0)
     except KeyboardInterrupt:
         print("matmeta: interrupted", file=sys.stderr)
         return 130

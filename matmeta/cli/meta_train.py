@@ -60,7 +60,8 @@ def add_parser(subparsers) -> None:
     p.add_argument("--out", required=True, help="meta checkpoint to write (e.g. meta.pt)")
     p.add_argument("--config", default=None, help="TOML file of settings (flags override it)")
     p.add_argument("--resume", action="store_true",
-                   help="continue from --out (same model, featurizer and algorithm)")
+                   help="continue from --out with the same settings (only --steps, "
+                        "--checkpoint-every and --val-every may change)")
     p.add_argument("--overwrite", action="store_true",
                    help="replace an existing --out instead of refusing")
     p.add_argument("--checkpoint-every", type=int, default=None,
@@ -191,17 +192,6 @@ def _names(value) -> list[str] | None:
 
 def run(args: argparse.Namespace) -> int:
     import sys
-    import warnings
-
-    with warnings.catch_warnings():
-        # one line per warning (families too small for k + q ...), without Python's source echo
-        warnings.showwarning = lambda msg, *a, **k: print(
-            f"matmeta meta-train: warning: {msg}", file=sys.stderr)
-        return _run(args)
-
-
-def _run(args: argparse.Namespace) -> int:
-    import sys
     from pathlib import Path
 
     import pandas as pd
@@ -227,6 +217,10 @@ def _run(args: argparse.Namespace) -> int:
         raise InputError(f"--out {out} exists; pass --resume to continue it or --overwrite")
     kind = "cgcnn" if args.model == "gnn" else args.model
     dtype = getattr(torch, opts["dtype"])
+    if opts["prior"] and kind not in PARAMETRIC:
+        # refused before training: not after a long run with its checkpoint already written
+        raise InputError(f"--prior is for parametric models (jmak, arrhenius_jmak), not "
+                         f"{args.model}")
     if opts["inner_lr"] is None:
         opts["inner_lr"] = 0.1 if kind in PARAMETRIC else 0.01
     # validate settings before reading data: bad names fail fast, nothing is written
@@ -337,9 +331,6 @@ def _run(args: argparse.Namespace) -> int:
                       title=f"{settings.algorithm} on {model.name} ({args.data})")
     wrote = [str(out), str(plot)]
     if opts["prior"]:
-        if kind not in PARAMETRIC:
-            raise InputError(f"--prior is for parametric models (jmak, arrhenius_jmak), not "
-                             f"{args.model}")
         wrote.append(str(write_prior(result, train_f, opts["prior"])))
     last = result.history[-1] if result.history else {}
     val = [h["val_loss"] for h in result.history if "val_loss" in h]

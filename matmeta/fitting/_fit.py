@@ -491,6 +491,14 @@ def fit_curves(
                      None if labels is None else list(labels))
 
 
+def _as_numpy(v: Any) -> np.ndarray:
+    if isinstance(v, Tensor):
+        return v.detach().cpu().double().numpy()
+    if isinstance(v, Sequence) and any(isinstance(e, Tensor) for e in v):
+        return np.asarray([float(e) for e in v], dtype=np.float64)
+    return np.asarray(v, dtype=np.float64)
+
+
 def fit_jmak(
     times: Sequence[Any] | Any,
     fractions: Sequence[Any] | Any,
@@ -505,6 +513,8 @@ def fit_jmak(
     max_iter: int = 200,
     device: str | torch.device | None = None,
     labels: Sequence[Any] | None = None,
+    fraction_tolerance: float = 0.0,
+    allow_negative_time: bool = False,
 ) -> FitResult:
     """Fit JMAK ``f = f_max (1 - exp(-(k max(t - t0, 0))^n))`` to one curve or many.
 
@@ -525,11 +535,23 @@ def fit_jmak(
         max_iter: LM iteration cap.
         device: where to fit (``"cpu"``, ``"cuda"``, ``"auto"``).
         labels: curve labels for messages and the table.
+        fraction_tolerance: accept fractions in ``[-tol, 1 + tol]`` (kept as measured, not
+            clipped); 0 (default) means strictly [0, 1].
+        allow_negative_time: keep negative times (digitisation noise near t = 0) as measured;
+            default: refuse them.
 
     Returns:
         A :class:`FitResult` with ``k_per_s``, ``n`` (and ``t0_s``, ``f_max``), standard errors,
         ``t_half_s``, ``rmse``, ``converged``, ``nk_correlation``, ``poorly_determined``.
+
+    Raises:
+        InputError: a time < 0 or a fraction outside [0, 1] (beyond the tolerances), naming the
+            curve and point index (the same rules as
+            :func:`matmeta.io.kinetics.read_kinetics_table`), and everything
+            :func:`fit_curves` refuses.
     """
+    from matmeta.io.kinetics import validate_kinetics
+
     unit_s = seconds_per(time_unit)
 
     def is_single(v: Any) -> bool:
@@ -542,7 +564,15 @@ def fit_jmak(
     f_list = [fractions] if single else list(fractions)
     std_list = None if fraction_std is None else ([fraction_std] if single else list(fraction_std))
     w_list = None if weight is None else ([weight] if single else list(weight))
-    t_s = [np.asarray(t, dtype=np.float64) * unit_s for t in t_list]
+    if len(t_list) != len(f_list):
+        raise InputError(f"{len(t_list)} time arrays but {len(f_list)} fraction arrays")
+    if labels is not None and len(labels) != len(t_list):
+        raise InputError(f"{len(labels)} labels for {len(t_list)} curves")
+    t_s = [_as_numpy(t) * unit_s for t in t_list]
+    for i, (t, f) in enumerate(zip(t_s, f_list, strict=True)):
+        validate_kinetics(t, _as_numpy(f), fraction_tolerance=fraction_tolerance,
+                          allow_negative_time=allow_negative_time,
+                          curve=i if labels is None else labels[i])
     model = JMAK(fit_t0=fit_t0, fit_fmax=fit_fmax)
     if prior is not None:
         prior.check(model)

@@ -16,7 +16,7 @@ from matmeta.io._readers import (
 )
 from matmeta.io._tables import read_structure_table, validate_targets
 from matmeta.io.alloys import parse_composition, read_alloy_table
-from matmeta.io.kinetics import KineticsTable, read_kinetics_table
+from matmeta.io.kinetics import KineticsTable, read_kinetics_table, validate_kinetics
 
 __all__ = [
     "BUILTIN_DATASETS",
@@ -34,5 +34,6 @@ __all__ = [
     "read_structure_table",
     "read_structures",
     "STRUCTURE_SUFFIXES",
+    "validate_kinetics",
     "validate_targets",
 ]

@@ -14,7 +14,10 @@ the row (its line number in the file, header = line 1) and the column, before an
 or written. Nothing is clipped or dropped silently: fractions slightly outside [0, 1] and
 negative times from digitisation need an explicit tolerance (``fraction_tolerance``,
 ``allow_negative_time``) and are kept as measured; empty or tiny ``fraction_std`` entries are
-filled or floored by a stated rule and reported in ``KineticsTable.notes``.
+filled or floored by a stated rule and reported in ``KineticsTable.notes``. Rows keep the
+file's order in ``KineticsTable.data``; :meth:`KineticsTable.curves` returns each curve sorted
+by time, and a curve that was not in time order in the file is named in one
+:class:`UnsortedTimesWarning` line (sorting changes no value, only the order).
 
 Example:
     >>> table = read_kinetics_table("isotherms.csv", time_unit="min")
@@ -27,6 +30,7 @@ from __future__ import annotations
 import math
 import os
 import re
+import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -38,7 +42,8 @@ import pandas as pd
 from matmeta.errors import InputError, where
 from matmeta.models.parametric._units import TIME_UNITS
 
-__all__ = ["KineticsTable", "read_kinetics_table", "DEFAULT_GROUP_COLUMNS", "DEFAULT_STD_FLOOR"]
+__all__ = ["KineticsTable", "UnsortedTimesWarning", "read_kinetics_table", "validate_kinetics",
+           "DEFAULT_GROUP_COLUMNS", "DEFAULT_STD_FLOOR"]
 
 DEFAULT_GROUP_COLUMNS = ("dataset_id", "sample", "family", "material", "grade", "group")
 # fraction_std below this is raised to it: a zero std (a fully (un)transformed reference point)
@@ -49,6 +54,10 @@ _UNIT_WORDS = {"s": "s", "sec": "s", "second": "s", "seconds": "s",
                "min": "min", "minute": "min", "minutes": "min",
                "h": "h", "hr": "h", "hour": "h", "hours": "h"}
 _TIME_RE = re.compile(r"^\s*(time|t)\s*(?:[_\s]\s*|[\(\[]\s*)?([a-z]*)\s*[\)\]]?\s*$", re.I)
+
+
+class UnsortedTimesWarning(UserWarning):
+    """A curve's times were not in increasing order in the file; it was sorted by time."""
 
 
 @dataclass
@@ -85,15 +94,26 @@ class KineticsTable:
 
     def curves(self, by_temperature: bool = True) -> list[tuple[dict[str, Any], pd.DataFrame]]:
         """``(key, rows)`` per curve, rows sorted by time; the whole table is one curve when
-        there is nothing to group by."""
+        there is nothing to group by.
+
+        A curve whose rows are not in time order in the file is sorted (stable) and a
+        :class:`UnsortedTimesWarning` names it; the values are unchanged.
+        """
         cols = self.curve_columns(by_temperature)
-        if not cols:
-            return [({}, self.data.sort_values("time_s", kind="stable"))]
+        groups = ([({}, self.data)] if not cols else
+                  [(dict(zip(cols, (_plain(k) for k in (key if isinstance(key, tuple)
+                                                        else (key,))), strict=False)), rows)
+                   for key, rows in self.data.groupby(cols, sort=True, dropna=False)])
         out = []
-        for key, rows in self.data.groupby(cols, sort=True, dropna=False):
-            key = key if isinstance(key, tuple) else (key,)
-            out.append((dict(zip(cols, (_plain(k) for k in key), strict=False)),
-                        rows.sort_values("time_s", kind="stable")))
+        for key, rows in groups:
+            t = rows["time_s"].to_numpy()
+            if len(t) > 1 and (np.diff(t) < 0).any():
+                lines = rows["row"].to_numpy()
+                warnings.warn(f"{self.describe_curve(key)} (rows {lines.min()}-{lines.max()}): "
+                              "times are not in increasing order; sorted by time",
+                              UnsortedTimesWarning, stacklevel=2)
+                rows = rows.sort_values("time_s", kind="stable")
+            out.append((key, rows))
         return out
 
     def describe_curve(self, key: dict[str, Any]) -> str:
@@ -123,7 +143,18 @@ def _plain(v: Any) -> Any:
     return v.item() if hasattr(v, "item") else v
 
 
-def _time_column(columns: Sequence[str], time_unit: str | None, src: str) -> tuple[str, str]:
+def _time_column(columns: Sequence[str], time_unit: str | None, src: str,
+                 column: str | None = None) -> tuple[str, str]:
+    """The time column and its unit; ``column`` names it explicitly (its unit from the name,
+    else from ``time_unit``)."""
+    if column is not None:
+        if column not in columns:
+            raise InputError(f"{src}: missing time column {column!r} "
+                             f"(columns found: {', '.join(map(str, columns))})")
+        m = _TIME_RE.match(str(column))
+        word = m.group(2).lower() if m else ""
+        unit = _UNIT_WORDS.get(word)
+        return _time_unit(column, unit, time_unit, src)
     found = []
     for c in columns:
         m = _TIME_RE.match(str(c))
@@ -139,7 +170,10 @@ def _time_column(columns: Sequence[str], time_unit: str | None, src: str) -> tup
     if len(found) > 1:
         raise InputError(f"{src}: several time columns ({', '.join(c for c, _ in found)}); "
                          "keep one")
-    col, unit = found[0]
+    return _time_unit(*found[0], time_unit, src)
+
+
+def _time_unit(col: str, unit: str | None, time_unit: str | None, src: str) -> tuple[str, str]:
     if time_unit is not None and time_unit not in TIME_UNITS:
         raise InputError(f"--time-unit {time_unit!r}: expected one of {', '.join(TIME_UNITS)}")
     if unit is None:
@@ -175,6 +209,99 @@ def _numeric(df: pd.DataFrame, col: str, src: str, lines: np.ndarray,
     return vals
 
 
+def _check_tolerance(fraction_tolerance: float) -> None:
+    if not (fraction_tolerance >= 0 and math.isfinite(fraction_tolerance)):
+        raise InputError(f"--fraction-tolerance {fraction_tolerance}: expected a number >= 0")
+
+
+def validate_kinetics(
+    times_s: Any,
+    fractions: Any,
+    *,
+    fraction_tolerance: float = 0.0,
+    allow_negative_time: bool = False,
+    source: str | None = None,
+    rows: Sequence[int] | None = None,
+    curve: Any = None,
+    time_column: str = "time_s",
+    fraction_column: str = "fraction",
+    raw_times: Sequence[Any] | None = None,
+) -> np.ndarray:
+    """Check one set of kinetics points: finite times >= 0 and fractions in [0, 1].
+
+    The one place these rules live: :func:`read_kinetics_table` and
+    :func:`matmeta.fitting.fit_jmak` both call it. Nothing is clipped: out-of-range values
+    raise, or are accepted as measured within the stated tolerance.
+
+    Example:
+        >>> validate_kinetics([0.0, 60.0, 120.0], [0.0, 0.4, 0.9])
+        array([False, False, False])
+        >>> validate_kinetics([-5.0, 60.0], [0.1, 1.5])   # doctest: +SKIP
+        InputError: point 0: negative time -5 s; expected >= 0 ...
+
+    Args:
+        times_s: times in seconds (1-D).
+        fractions: transformed fractions, same length.
+        fraction_tolerance: accept fractions in ``[-tol, 1 + tol]`` (kept as measured).
+        allow_negative_time: accept negative times (digitisation noise near t = 0).
+        source: file name for messages; with ``rows`` the message names the file and row.
+        rows: line number of each point in ``source`` (header = line 1); without them the
+            message names the point index (0-based).
+        curve: curve label or index for messages when no file is known.
+        time_column: column name used in messages.
+        fraction_column: column name used in messages.
+        raw_times: the times as written in the file (for messages in the file's unit).
+
+    Returns:
+        Boolean mask of negative times (all False unless ``allow_negative_time``).
+
+    Raises:
+        InputError: non-finite values, negative times (unless allowed), fractions outside
+            ``[-tol, 1 + tol]``, or arrays of different lengths; one line naming the file and
+            row, or the curve and point.
+    """
+    _check_tolerance(fraction_tolerance)
+    t = np.asarray(times_s, dtype=np.float64).reshape(-1)
+    f = np.asarray(fractions, dtype=np.float64).reshape(-1)
+
+    def loc(i: int | None, col: str) -> str:
+        if rows is not None:
+            return where(source, None if i is None else int(rows[i]), col)
+        parts = [str(source)] if source is not None else []
+        if curve is not None:
+            parts.append(f"curve {curve}")
+        if i is not None:
+            parts.append(f"point {i}")
+        if source is not None:
+            parts.append(f"column {col!r}")
+        return ", ".join(parts) + ": "
+
+    if t.shape != f.shape:
+        raise InputError(f"{loc(None, fraction_column)}{len(t)} times but {len(f)} fractions")
+    for vals, col in ((t, time_column), (f, fraction_column)):
+        bad = ~np.isfinite(vals)
+        if bad.any():
+            i = int(np.argmax(bad))
+            raise InputError(f"{loc(i, col)}{col} is {vals[i]:g}; expected a finite number")
+    neg = t < 0
+    if neg.any() and not allow_negative_time:
+        i = int(np.argmax(neg))
+        shown = f"{raw_times[i]}" if raw_times is not None else f"{t[i]:g} s"
+        raise InputError(f"{loc(i, time_column)}negative time {shown}; expected >= 0 (pass "
+                         "--allow-negative-time / allow_negative_time=True to keep digitisation "
+                         "noise near t = 0 as measured)")
+    lo, hi = 0.0 - fraction_tolerance, 1.0 + fraction_tolerance
+    outside = (f < lo) | (f > hi)
+    if outside.any():
+        i = int(np.argmax(outside))
+        hint = ("" if fraction_tolerance else
+                "; pass --fraction-tolerance TOL / fraction_tolerance=TOL to accept small "
+                "measurement overshoot")
+        raise InputError(f"{loc(i, fraction_column)}fraction {f[i]:g} outside "
+                         f"[{lo + 0.0:g}, {hi:g}]{hint}")
+    return neg
+
+
 def read_kinetics_table(
     path_or_frame: str | os.PathLike | pd.DataFrame,
     *,
@@ -185,6 +312,8 @@ def read_kinetics_table(
     std_floor: float = DEFAULT_STD_FLOOR,
     require_temperature: bool = False,
     source: str | None = None,
+    rows: Sequence[int] | None = None,
+    time_column: str | None = None,
 ) -> KineticsTable:
     """Read and validate a kinetics table.
 
@@ -209,6 +338,11 @@ def read_kinetics_table(
             the curve has none). Both are reported in ``notes``.
         require_temperature: refuse a table without ``temperature_K`` (Arrhenius fits).
         source: name used in messages for a DataFrame.
+        rows: the line number (or record number) of each row of a DataFrame for messages;
+            default: header = line 1, first row = line 2.
+        time_column: the time column by name, for a table with several time-like columns or
+            one whose name does not look like a time (its unit from the name, else
+            ``time_unit``); default: the one column named like ``time_s``/``time_min``/...
 
     Returns:
         A :class:`KineticsTable`.
@@ -232,12 +366,16 @@ def read_kinetics_table(
     df.columns = [str(c).strip() for c in df.columns]
     if len(df) == 0:
         raise InputError(f"{src}: no data rows")
-    if not fraction_tolerance >= 0 or not math.isfinite(fraction_tolerance):
-        raise InputError(f"--fraction-tolerance {fraction_tolerance}: expected a number >= 0")
+    _check_tolerance(fraction_tolerance)
     if not std_floor > 0:
         raise InputError(f"--std-floor {std_floor}: expected a positive number")
-    lines = np.arange(len(df)) + 2
-    tcol, unit = _time_column(list(df.columns), time_unit, src)
+    if rows is None:
+        lines = np.arange(len(df)) + 2
+    else:
+        lines = np.asarray(rows, dtype=np.int64).reshape(-1)
+        if len(lines) != len(df):
+            raise ValueError(f"rows: {len(lines)} line numbers for {len(df)} rows")
+    tcol, unit = _time_column(list(df.columns), time_unit, src, time_column)
     if "fraction" not in df.columns:
         raise InputError(f"{src}: missing required column 'fraction' "
                          f"(columns found: {', '.join(df.columns)})")
@@ -269,20 +407,9 @@ def read_kinetics_table(
             raise InputError(f"{where(src, int(lines[i]), 'temperature_K')}temperature "
                              f"{temp[i]:g} K; expected a temperature > 0 K")
         out["temperature_K"] = temp
-    neg = t < 0
-    if neg.any() and not allow_negative_time:
-        i = int(np.argmax(neg))
-        raise InputError(f"{where(src, int(lines[i]), tcol)}negative time {df[tcol].iloc[i]}; "
-                         "expected >= 0 (pass --allow-negative-time to keep digitisation noise "
-                         "near t = 0 as measured)")
-    lo, hi = 0.0 - fraction_tolerance, 1.0 + fraction_tolerance
-    outside = (f < lo) | (f > hi)
-    if outside.any():
-        i = int(np.argmax(outside))
-        hint = ("" if fraction_tolerance else
-                "; pass --fraction-tolerance TOL to accept small measurement overshoot")
-        raise InputError(f"{where(src, int(lines[i]), 'fraction')}fraction {f[i]:g} outside "
-                         f"[{lo + 0.0:g}, {hi:g}]{hint}")
+    neg = validate_kinetics(t, f, fraction_tolerance=fraction_tolerance,
+                            allow_negative_time=allow_negative_time, source=src, rows=lines,
+                            time_column=tcol, raw_times=df[tcol].to_numpy())
     out["time_s"] = t
     out["fraction"] = f
     notes: list[str] = []

@@ -57,7 +57,7 @@ def family_keys(df: pd.DataFrame, by: str, formula_column: str = "formula",
                              f"columns are {', '.join(map(str, df.columns))}")
         fn = GROUPINGS[by]
         out = []
-        for row, formula in zip(df.index, df[formula_column], strict=True):
+        for row, formula in zip(_row_numbers(df, source), df[formula_column], strict=True):
             try:
                 out.append(fn(formula))
             except InputError as exc:
@@ -68,9 +68,35 @@ def family_keys(df: pd.DataFrame, by: str, formula_column: str = "formula",
                          f"{', '.join(map(str, df.columns))} or {', '.join(GROUPINGS)}")
     keys = df[by]
     if keys.isna().any():
-        row = keys.index[keys.isna()][0]
+        row = _row_numbers(df, source)[int(np.flatnonzero(keys.isna().to_numpy())[0])]
         raise InputError(f"{where(source, row, by)}empty family name")
     return keys.astype(str).rename("family")
+
+
+def _row_numbers(df: pd.DataFrame, source: str) -> list:
+    """The row number of each row as messages report it: the file line (header = line 1).
+
+    pandas numbers the rows of a CSV file it read 0, 1, ... (a default RangeIndex), so the line
+    is index + 2; any other index (the ``row`` line numbers the io readers attach, set as the
+    index, or a user's own labels) is reported as is, and so is a table built in memory.
+    """
+    index = df.index
+    from_csv = str(source).lower().removesuffix(".gz").endswith((".csv", ".tsv", ".txt"))
+    if (from_csv and isinstance(index, pd.RangeIndex) and index.start == 0
+            and index.step == 1):
+        return [int(i) + 2 for i in index]
+    return [i.item() if isinstance(i, np.generic) else i for i in index]
+
+
+def _shown(value: Any) -> str:
+    """A cell value for a message: ``nan``, ``-3``, ``'abc'`` (not ``np.float64(nan)``)."""
+    if isinstance(value, np.generic):
+        value = value.item()
+    if isinstance(value, float):
+        return f"{value:g}"
+    if isinstance(value, str):
+        return repr(value)
+    return str(value)
 
 
 def _numeric(df: pd.DataFrame, column: str, source: str, positive: bool = False) -> np.ndarray:
@@ -82,8 +108,8 @@ def _numeric(df: pd.DataFrame, column: str, source: str, positive: bool = False)
     if bad.any():
         i = int(np.flatnonzero(bad)[0])
         expected = "a positive finite number" if positive else "a finite number"
-        raise InputError(f"{where(source, df.index[i], column)}{df[column].iloc[i]!r}: "
-                         f"expected {expected}")
+        raise InputError(f"{where(source, _row_numbers(df, source)[i], column)}"
+                         f"{_shown(df[column].iloc[i])}: expected {expected}")
     return values
 
 
@@ -120,7 +146,8 @@ def families_from_table(df: pd.DataFrame, model: str, *, family: str | None = No
             instead of refusing them.
 
     Returns:
-        Families sorted by name, each with its rows' source row numbers.
+        Families sorted by name, each with its rows' numbers as messages report them (file
+        lines for a CSV read by pandas, see :func:`_row_numbers`).
 
     Raises:
         InputError: missing columns, non-numeric or non-finite values, an empty table.
@@ -136,13 +163,14 @@ def families_from_table(df: pd.DataFrame, model: str, *, family: str | None = No
         weight = _numeric(df, weight_column, source)
         if (weight < 0).any():
             i = int(np.flatnonzero(weight < 0)[0])
-            raise InputError(f"{where(source, df.index[i], weight_column)}negative weight")
+            raise InputError(f"{where(source, _row_numbers(df, source)[i], weight_column)}"
+                             f"{weight[i]:g}: expected a weight >= 0")
     if model in PARAMETRIC:
         t = _numeric(df, time_column, source)
         if (t < 0).any() and not allow_negative_time:
             i = int(np.flatnonzero(t < 0)[0])
-            raise InputError(f"{where(source, df.index[i], time_column)}{t[i]}: expected a "
-                             "time >= 0 in seconds")
+            raise InputError(f"{where(source, _row_numbers(df, source)[i], time_column)}"
+                             f"{t[i]:g}: expected a time >= 0 in seconds")
         y = _numeric(df, target or fraction_column, source)
         if model == "jmak":
             temp = _numeric(df, temperature_column, source, positive=True)
@@ -191,6 +219,7 @@ def families_from_table(df: pd.DataFrame, model: str, *, family: str | None = No
     weight_t = None if weight is None else torch.as_tensor(weight, dtype=dtype)
     out = []
     rows = np.arange(len(df))
+    numbers = _row_numbers(df, source)
     key_arr = np.asarray(keys, dtype=object)
     for name in sorted(set(key_arr.tolist())):
         idx = rows[key_arr == name]
@@ -200,7 +229,7 @@ def families_from_table(df: pd.DataFrame, model: str, *, family: str | None = No
             name=str(name), inputs=fam_inputs, y=y_t[sel],
             weight=None if weight_t is None else weight_t[sel],
             group=None if group_of is None else str(group_of[name]),
-            featurizer=featurizer, rows=[df.index[i] for i in idx],
+            featurizer=featurizer, rows=[numbers[i] for i in idx],
         ))
     return out
 
@@ -230,7 +259,7 @@ def transform_families(families: list[Family], transform: Any) -> list[Family]:
         if not bool(torch.isfinite(y).all()):
             i = int(torch.nonzero(~torch.isfinite(y))[0])
             row = f.rows[i] if f.rows else i
-            raise InputError(f"family {f.name!r}, row {row}: target {f.y[i].item()} cannot be "
+            raise InputError(f"family {f.name!r}, row {row}: target {f.y[i].item():g} cannot be "
                              f"mapped by the {transform.kind} target transform")
         out.append(Family(f.name, f.inputs, y.to(f.y.dtype), f.weight, f.group, f.featurizer,
                           f.rows))

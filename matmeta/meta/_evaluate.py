@@ -19,9 +19,11 @@ samples as query) are given to each method:
   initialisation and whose spread is that of independent fits to the meta-train families; the
   measurement noise that weighs data against the prior is chosen on meta-validation families).
 
-Nothing is chosen on test families. Errors (MAE, or RMSE for kinetics fractions) are averaged per
-group (the family's ``group``: a tungsten grade, an anion family), then over groups; the 90%
-interval resamples groups, not tasks, because tasks of one family are not independent.
+Nothing is chosen or fitted on test families: a target transform (``target_transform``, a kind)
+is fitted per fold on that fold's meta-train families only. Errors (MAE, or RMSE for kinetics
+fractions) are averaged per group (the family's ``group``: a tungsten grade, an anion family),
+then over groups; the 90% interval resamples groups, not tasks, because tasks of one family are
+not independent.
 
 Example:
     >>> res = evaluate(JMAK(), isotherm_families, test="leave-one-out", shots=(2, 3))
@@ -180,7 +182,8 @@ class EvaluationResult:
             scratch ``steps``, map ``noise std``), ``metric`` and ``units``.
         tasks: one row per (fold, family, k, repeat, method) with the task's error.
         too_small: test families with too few samples for a k (``n_samples`` <= k).
-        folds: per fold, the group names of meta-train, meta-validation and test families.
+        folds: per fold, the group names of meta-train, meta-validation and test families,
+            and the target transform fitted on its meta-train families (``target_transform``).
         settings: the :class:`EvaluationSettings` used.
         notes: one line per thing worth knowing: fits the fitter refused and the fallback
             they got (counts), k values left out, families too small for a k.
@@ -689,7 +692,7 @@ def evaluate(model: FunctionalModel, families: Sequence[Family], *,
              settings: EvaluationSettings | None = None,
              meta_settings: MetaSettings | None = None,
              meta_train_settings: MetaTrainSettings | None = None,
-             target_transform: Any = None, units: str = "",
+             target_transform: str | None = None, units: str = "",
              device: str | torch.device = "cpu", progress: bool | None = None,
              log: Callable[[str], None] | None = None) -> EvaluationResult:
     """Leave-families-out k-shot evaluation of meta-learning against the baselines.
@@ -712,8 +715,12 @@ def evaluate(model: FunctionalModel, families: Sequence[Family], *,
         meta_settings: algorithm and inner loop of the meta-learner.
         meta_train_settings: its outer loop; ``k_shot``/``q_query`` are capped per fold to what
             the meta-train families allow.
-        target_transform: a fitted :class:`~matmeta.models._transforms.TargetTransform`; errors
-            are reported in its log10 space for log targets, else in the target's units.
+        target_transform: ``"standardize"``, ``"log10_standardize"`` or ``"identity"`` (a
+            kind, not a fitted transform): each fold fits it on its own meta-train families'
+            targets only (``families`` hold targets in their units) and maps that fold's
+            meta-train, validation and test families with it, so no test or validation target
+            shapes a fold's transform. Errors are reported in log10 units for log targets, else
+            in the target's units. None: targets used as given.
         units: the units of the reported error (for the table).
         device: where tensors live.
         progress: show a progress bar over folds (default: on a terminal).
@@ -740,7 +747,7 @@ def evaluate(model: FunctionalModel, families: Sequence[Family], *,
                          "not one")
     if not families:
         raise InputError("no families to evaluate")
-    report = _report_fn(target_transform)
+    tkind = _transform_kind(target_transform, families)
     folds = family_folds(families, test=test, val=val, seed=settings.seed)
     test_all = [f for _, _, te in folds for f in te]
     largest = max(len(f) for f in test_all)
@@ -772,13 +779,20 @@ def evaluate(model: FunctionalModel, families: Sequence[Family], *,
     for fi, (train_f, val_f, test_f) in enumerate(tqdm(folds, desc="evaluate folds",
                                                         disable=not show, leave=False)):
         _check_no_leak(train_f, val_f, test_f)
+        tt = _fold_transform(tkind, train_f, fi)
+        if tt is not None:
+            from matmeta.meta._data import transform_families
+
+            train_f, val_f, test_f = (transform_families(list(x), tt)
+                                      for x in (train_f, val_f, test_f))
+        report = _report_fn(tt)
         ctx = _Context(model, settings, meta, device)
         ctx.finetune_lrs, ctx.scratch_lr = ft_lrs, scratch_lr
         ctx.scratch_seed = settings.seed + 1000 * fi
         info: dict[str, Any] = {
             "fold": fi, "train": sorted({f.group for f in train_f}),
             "val": sorted({f.group for f in val_f}), "test": sorted({f.group for f in test_f}),
-            "chosen": {}}
+            "chosen": {}, "target_transform": None if tt is None else tt.to_dict()}
         if {"meta", "meta_init", "map"} & set(methods):
             ctx.meta_params, left = _meta_train_fold(model, train_f, val_f, meta, mts, device,
                                                      settings.seed + fi)
@@ -842,6 +856,31 @@ def evaluate(model: FunctionalModel, families: Sequence[Family], *,
         notes.append("test families too small for k (reported, not evaluated): "
                      + "; ".join(f"k={k}: {n}" for k, n in counts.items()))
     return EvaluationResult(table, tasks, small_df, fold_info, settings, notes)
+
+
+def _transform_kind(kind: Any, families: Sequence[Family]) -> str | None:
+    """Check the transform kind and that every family's targets can be mapped by it."""
+    if kind is None:
+        return None
+    if not isinstance(kind, str):
+        raise TypeError(f"target_transform {kind!r}: pass the kind (e.g. 'log10_standardize'); "
+                        "evaluate fits it per fold on that fold's meta-train families")
+    from matmeta.meta._data import transform_families
+    from matmeta.models._transforms import TargetTransform
+
+    # a test target that log10 cannot map must fail before any fold trains
+    transform_families(list(families), TargetTransform(kind, 0.0, 1.0))
+    return kind
+
+
+def _fold_transform(kind: str | None, train_f: Sequence[Family], fold: int) -> Any:
+    """The target transform of one fold, fitted on its meta-train families only."""
+    if kind is None:
+        return None
+    from matmeta.models._transforms import TargetTransform
+
+    y = torch.cat([f.y.reshape(-1) for f in train_f]).double()
+    return TargetTransform.fit(y, kind=kind, name=f"fold {fold}, meta-train targets")
 
 
 def _report_fn(transform: Any) -> Callable[[Tensor], Tensor]:

@@ -20,7 +20,9 @@ from __future__ import annotations
 import dataclasses
 import math
 import os
+import signal
 import sys
+import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -226,8 +228,22 @@ def outer_update(params: Params, grads: Params, state: dict[str, Tensor],
     return new, new_state
 
 
+# settings a resumed run may change: a longer run is the point of resuming, and how often it
+# checkpoints or validates changes neither the parameters nor the episodes
+RESUMABLE_CHANGES = ("steps", "checkpoint_every", "val_every")
+
+
+def _plain(value: Any) -> Any:
+    """Tuples as lists, so a setting compares equal however it was spelled or stored."""
+    if isinstance(value, (list, tuple)):
+        return [_plain(v) for v in value]
+    if isinstance(value, dict):
+        return {k: _plain(v) for k, v in value.items()}
+    return value
+
+
 def _check_resume(ckpt: dict[str, Any], model: FunctionalModel, settings: MetaSettings,
-                  extra: dict[str, Any], path: Path) -> None:
+                  train: MetaTrainSettings, extra: dict[str, Any], path: Path) -> None:
     if ckpt.get("model_name") != model.name or ckpt.get("model_config") != model.config():
         raise CheckpointError(
             f"{path}: cannot resume: it holds a {ckpt.get('model_name')!r} model with settings "
@@ -241,6 +257,19 @@ def _check_resume(ckpt: dict[str, Any], model: FunctionalModel, settings: MetaSe
         if old_extra.get(key) != extra.get(key):
             raise CheckpointError(f"{path}: cannot resume: its {key} {old_extra.get(key)} "
                                   f"differs from this run's {extra.get(key)}")
+    # anything else that shapes the episodes or the updates must match too, or the resumed run
+    # would silently continue under other settings (and the checkpoint's sampler state would
+    # override a new seed)
+    old_train = ckpt.get("train_settings", {})
+    pairs = [(k, old.get(k, "<unset>"), v) for k, v in settings.to_dict().items()]
+    pairs += [(k, old_train.get(k, "<unset>"), v) for k, v in train.to_dict().items()
+              if k not in RESUMABLE_CHANGES]
+    for key, was, now in pairs:
+        if _plain(was) != _plain(now):
+            raise CheckpointError(
+                f"{path}: cannot resume: it was meta-trained with {key} = {was!r}, this run asks "
+                f"for {key} = {now!r}; only {', '.join(RESUMABLE_CHANGES)} may change on resume "
+                "(start a new --out to train with other settings)")
 
 
 def meta_train(model: FunctionalModel, train_families: Sequence[Family],
@@ -278,7 +307,8 @@ def meta_train(model: FunctionalModel, train_families: Sequence[Family],
         InputError: families too small for ``k_shot + q_query`` (all of them), bad settings.
         ConvergenceError: a non-finite query loss or meta-gradient; the message names the step
             and the task, and the last checkpoint written stays as it was.
-        CheckpointError: resuming from a checkpoint of another model, featurizer or algorithm.
+        CheckpointError: resuming from a checkpoint of another model, featurizer, algorithm or
+            other settings (only ``steps``, ``checkpoint_every`` and ``val_every`` may change).
     """
     settings = (settings or MetaSettings()).resolve(model)
     train = train or MetaTrainSettings()
@@ -307,7 +337,7 @@ def meta_train(model: FunctionalModel, train_families: Sequence[Family],
         if out_path is None or not out_path.exists():
             raise CheckpointError(f"--resume: no checkpoint at {out_path} to resume from")
         ckpt = load_checkpoint(out_path, kind="meta", map_location=device)
-        _check_resume(ckpt, model, settings, extra, out_path)
+        _check_resume(ckpt, model, settings, train, extra, out_path)
         if set(ckpt["meta_params"]) != set(keys):
             raise CheckpointError(f"{out_path}: cannot resume: its parameters differ from this "
                                   f"model's ({sorted(set(ckpt['meta_params']) ^ set(keys))[:5]})")
@@ -339,7 +369,10 @@ def meta_train(model: FunctionalModel, train_families: Sequence[Family],
     val_loss = history[-1].get("val_loss", float("nan")) if history else float("nan")
     last_saved = start if resume else None
     running = history[-1]["train_loss"] if history else None
+    kill_at = _test_kill_step()
     for step in bar:
+        if kill_at is not None and step + 1 == kill_at:
+            os.kill(os.getpid(), signal.SIGKILL)
         drawn = sampler.sample_indices()
         mine = [task_to(sampler.materialise(ix), device) for ix in drawn[rank::world]]
         names = [sampler.families[ix[0]].name for ix in drawn]
@@ -376,6 +409,17 @@ def meta_train(model: FunctionalModel, train_families: Sequence[Family],
             last_saved = step + 1
     bar.close()
     return MetaResult(model, dict(current), settings, train, history, extra)
+
+
+def _test_kill_step() -> int | None:
+    """Test-only hook: the meta-step at whose start the process SIGKILLs itself.
+
+    ``MATMETA_TEST_KILL_AT_STEP=N`` makes the kill-and-resume test deterministic (a kill sent
+    from outside may arrive after a fast run has finished): the run dies before meta-step N,
+    with whatever checkpoint it last wrote. Not for users; unset, it costs nothing.
+    """
+    value = os.environ.get("MATMETA_TEST_KILL_AT_STEP")
+    return int(value) if value else None
 
 
 def _check_finite(losses: Tensor, grads: Params, names: list[str], rank: int, world: int,
@@ -458,7 +502,9 @@ def write_prior(result: MetaResult | MetaCheckpoint, families: Sequence[Family],
     standard deviation of each parameter is its spread across ``families`` after adapting to
     each family's samples with ``fit_steps`` inner steps (floored at ``min_std``), so
     ``fit_jmak --prior`` weighs the prior as much as the families disagree. A diagonal Gaussian
-    in the format of :class:`matmeta.models.parametric.Prior`.
+    in the format of :class:`matmeta.models.parametric.Prior`. Families whose adaptation
+    diverges are left out of the spread, and with fewer than two left every std falls back to
+    ``max(min_std, 1)``; both are said in one warning line.
 
     Example:
         >>> write_prior(result, train_families, "prior.json")
@@ -470,19 +516,34 @@ def write_prior(result: MetaResult | MetaCheckpoint, families: Sequence[Family],
         raise InputError(f"a prior file needs a parametric model; {model.name!r} is not one")
     meta = {k: v.detach().cpu() for k, v in result.meta_params.items()}
     mean = model.flatten(model_params(meta)).double()
-    thetas = []
+    thetas, diverged = [], []
     for fam in families:
         adapted = adapt_params(model, meta, fam.to("cpu").samples(), result.settings,
                                steps=fit_steps)
         theta = model.flatten(adapted).double()
         if torch.isfinite(theta).all():
             thetas.append(theta)
+        else:
+            diverged.append(fam.name)
     if len(thetas) >= 2:
         std = torch.stack(thetas).std(0).clamp_min(min_std)
     else:
         std = torch.full_like(mean, max(min_std, 1.0))
+    if diverged or len(thetas) < 2:
+        dropped = (f"adaptation diverged on {len(diverged)} of {len(families)} families, left "
+                   f"out of the prior's spread: {_listed(diverged)}" if diverged else "")
+        n_ok = f"{len(thetas)} {'family' if len(thetas) == 1 else 'families'}"
+        fallback = (f"only {n_ok} adapted, too few for a spread: every prior std falls back to "
+                    f"{max(min_std, 1.0):g} (transformed units)" if len(thetas) < 2 else "")
+        warnings.warn(f"{path}: " + "; ".join(x for x in (dropped, fallback) if x),
+                      UserWarning, stacklevel=2)
     std = torch.where(torch.isfinite(std), std, torch.full_like(std, 1.0))
     names = list(model.flat_names)
     prior = Prior.from_std(model.name, names, mean.tolist(), std.tolist(),
                            model_config=model.config())
     return prior.save(path)
+
+
+def _listed(names: Sequence[str], most: int = 10) -> str:
+    more = f" and {len(names) - most} more" if len(names) > most else ""
+    return ", ".join(map(str, names[:most])) + more

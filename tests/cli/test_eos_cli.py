@@ -52,3 +52,16 @@ def test_eos_cli_bad_volume_names_row(tmp_path, capsys):
     assert main(["eos", "fit", str(src), "--out", str(out)]) == 2
     err = capsys.readouterr().err
     assert "row 3, column 'volume_A3'" in err and not out.exists()
+
+
+def test_eos_cli_refuses_missing_group_label(tmp_path, capsys):
+    """A row without its material label would silently vanish from the groupby: refused."""
+    rows = emt_rows("Cu", 3.6)
+    rows[3]["material"] = ""
+    src = tmp_path / "nolabel.csv"
+    pd.DataFrame(rows).to_csv(src, index=False)
+    out = tmp_path / "o.csv"
+    assert main(["eos", "fit", str(src), "--out", str(out)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "nolabel.csv, row 5, column 'material': missing group label" in err
+    assert len(err.splitlines()) == 1 and not out.exists()

@@ -92,3 +92,37 @@ def test_bad_input_is_one_line_and_writes_nothing(tmp_path, capsys, extra, messa
     assert rc == 2
     assert message in err and err.strip().count("\n") == 0
     assert not out.exists()
+
+
+def test_a_run_with_no_task_writes_nothing(tmp_path, capsys):
+    # JMAK has two parameters: an independent fit needs k >= 2, so at k=1 no task is scored
+    data = _kinetics_table(tmp_path / "k.csv")
+    out, plot, tasks = tmp_path / "r.csv", tmp_path / "r.png", tmp_path / "tasks.csv"
+    rc = main(["evaluate", "--data", str(data), "--model", "jmak", "--test-families", "W0",
+               "--val-families", "W1", "--shots", "1", "--methods", "independent",
+               "--out", str(out), "--plot", str(plot), "--tasks-out", str(tasks), *FAST])
+    err = capsys.readouterr().err
+    assert rc == 2 and "no task could be evaluated" in err
+    assert not out.exists() and not plot.exists() and not tasks.exists()
+    assert list(tmp_path.iterdir()) == [data]
+
+
+def test_alloy_rows_without_a_target_are_counted_in_the_notes(tmp_path, capsys):
+    rng = np.random.default_rng(2)
+    rows = []
+    for a, b in (("Fe", "Ni"), ("Co", "Ni"), ("Cr", "Fe"), ("Co", "Fe")):
+        for x in np.linspace(0.1, 0.9, 8):
+            rows.append({"composition": f"{a}{x:.3f}{b}{1 - x:.3f}",
+                         "YS_MPa": 300 + 200 * x + rng.normal(0, 5)})
+    rows[3]["YS_MPa"] = rows[12]["YS_MPa"] = rows[20]["YS_MPa"] = None
+    data = tmp_path / "alloys.csv"
+    pd.DataFrame(rows).to_csv(data, index=False)
+    rc = main(["evaluate", "--data", str(data), "--model", "mlp", "--target", "YS_MPa",
+               "--composition-column", "composition", "--hidden", "4", "--test-families",
+               "Fe-Ni", "--val-families", "Co-Ni", "--shots", "2", "--methods",
+               "pretrained,offset", "--out", str(tmp_path / "a.csv"), "--json", *FAST])
+    assert rc == 0
+    doc = json.loads(capsys.readouterr().out)
+    assert sum("3 rows with an empty 'YS_MPa' dropped" in n for n in doc["notes"]) == 1
+    fold = doc["folds"][0]
+    assert fold["target_transform"]["kind"] == "standardize"

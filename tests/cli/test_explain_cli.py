@@ -101,7 +101,8 @@ def test_explain_bad_tables_one_line(tmp_path, capsys):
     assert main([*base, "--support", str(tmp_path / "support.csv"),
                  "--query", str(tmp_path / "badq.csv")]) == 2
     err = capsys.readouterr().err.strip()
-    assert "badq.csv" in err and "'time_s'" in err and len(err.splitlines()) == 1
+    assert "badq.csv, column 't': the time unit cannot be determined" in err
+    assert len(err.splitlines()) == 1
     assert main([*base, "--support", str(tmp_path / "empty.csv"),
                  "--query", str(tmp_path / "support.csv")]) == 2
     err = capsys.readouterr().err.strip()
@@ -112,7 +113,9 @@ def test_explain_bad_tables_one_line(tmp_path, capsys):
     args = [*base, "--support", str(tmp_path / "neg.csv"), "--query", str(tmp_path / "query.csv")]
     assert main(args) == 2
     err = capsys.readouterr().err.strip()
-    assert "neg.csv, row 0, column 'time_s'" in err and "--allow-negative-time" in err
+    # the file's line number (header = line 1), as in matmeta jmak fit
+    assert "neg.csv, row 2, column 'time_s': negative time -5" in err
+    assert "--allow-negative-time" in err
     assert main([*args, "--allow-negative-time"]) == 0
     capsys.readouterr()
     assert main([*base, "--support", str(tmp_path / "support.csv"), "--query",
@@ -158,3 +161,84 @@ def test_explain_graph_model_from_structure_tables(tmp_path, capsys, dcdft_atoms
     assert main([*base, "--query", str(tmp_path / "q_nostruct.csv")]) == 2
     err = capsys.readouterr().err.strip()
     assert "q_nostruct.csv" in err and "'structure'" in err and len(err.splitlines()) == 1
+
+
+def test_explain_time_min_table_scores_equal_the_time_s_table(tmp_path, capsys):
+    """Times in minutes (support) and hours (query) are converted, not read as seconds."""
+    model, start, _, _ = _tables(tmp_path)
+    ckpt = _meta_checkpoint(tmp_path, model, start)
+    sup = pd.read_csv(tmp_path / "support.csv")
+    sup.assign(time_min=sup["time_s"] / 60.0).drop(columns="time_s").to_csv(
+        tmp_path / "support_min.csv", index=False)
+    q = pd.read_csv(tmp_path / "query.csv")
+    q.assign(t=q["time_s"] / 3600.0).drop(columns="time_s").to_csv(
+        tmp_path / "query_h.csv", index=False)
+    base = ["explain", "--model", str(ckpt), "--out", str(tmp_path / "o.csv"), "--threads", "1",
+            "--no-progress", "--json", "--target", "query_loss,n"]
+    assert main([*base, "--support", str(tmp_path / "support.csv"),
+                 "--query", str(tmp_path / "query.csv")]) == 0
+    ref = json.loads(capsys.readouterr().out)
+    # time_min found by name and converted: the same adaptation, the same scores
+    assert main([*base, "--support", str(tmp_path / "support_min.csv"),
+                 "--query", str(tmp_path / "query.csv")]) == 0
+    got = json.loads(capsys.readouterr().out)
+    for a, b in zip(ref, got, strict=True):
+        assert a["sample"] == b["sample"]
+        assert b["query_loss"] == pytest.approx(a["query_loss"], rel=1e-9, abs=1e-15)
+        assert b["n"] == pytest.approx(a["n"], rel=1e-9, abs=1e-15)
+    assert main([*base, "--support", str(tmp_path / "support_min.csv"),
+                 "--query", str(tmp_path / "query_h.csv")]) == 2
+    err = capsys.readouterr().err.strip()  # a unit-less time column is refused, not guessed
+    assert "query_h.csv, column 't': the time unit cannot be determined" in err
+
+
+def test_explain_kinetics_checks_cover_arrhenius_tables(tmp_path):
+    """The arrhenius_jmak branch gets the same checks as jmak: fraction range, t >= 0, T > 0,
+    with the file's line numbers; the fraction column keeps the user's name in messages."""
+    import argparse
+
+    from matmeta.cli.explain import _read_table, _samples
+    from matmeta.errors import InputError
+
+    args = argparse.Namespace(time_column=None, time_unit=None, fraction_column="frac",
+                              fraction_tolerance=0.0, allow_negative_time=False)
+    good = "time_h,temperature_K,frac\n1,900,0.1\n2,900,0.5\n1,950,0.3\n2,950,0.8\n"
+    path = tmp_path / "a.csv"
+    path.write_text(good)
+    s = _samples(_read_table(str(path)), str(path), "arrhenius_jmak", {}, args, labelled=True)
+    np.testing.assert_array_equal(s.inputs.numpy(),
+                                  [[3600, 900], [7200, 900], [3600, 950], [7200, 950]])
+    np.testing.assert_array_equal(s.y.numpy(), [0.1, 0.5, 0.3, 0.8])
+    for bad, msg in [
+        (good.replace("2,950,0.8", "2,950,1.3"), "row 5, column 'frac': fraction 1.3 outside"),
+        (good.replace("2,900,0.5", "-2,900,0.5"), "row 3, column 'time_h': negative time -2"),
+        (good.replace("1,950,0.3", "1,-950,0.3"), "row 4, column 'temperature_K': temperature "
+                                                  "-950 K; expected a temperature > 0 K"),
+        (good.replace("1,950,0.3", "1,abc,0.3"), "row 4, column 'temperature_K': expected a "
+                                                 "number, got 'abc'"),
+    ]:
+        path.write_text(bad)
+        with pytest.raises(InputError, match="^" + str(path).replace("\\", "\\\\") + ", "
+                           + msg.replace("(", r"\(")):
+            _samples(_read_table(str(path)), str(path), "arrhenius_jmak", {}, args,
+                     labelled=True)
+    path.write_text(good.replace("2,950,0.8", "2,950,1.03"))
+    args.fraction_tolerance = 0.05
+    s = _samples(_read_table(str(path)), str(path), "arrhenius_jmak", {}, args, labelled=True)
+    assert float(s.y[3]) == 1.03  # kept as measured
+
+
+def test_explain_numeric_messages_name_file_lines_and_plain_values(tmp_path):
+    from matmeta.cli.explain import _ids, _read_table, pd_numeric
+    from matmeta.errors import InputError
+
+    path = tmp_path / "m.csv"
+    path.write_text("x,y\n1.5,2\n2.5,inf\n")
+    df = _read_table(str(path))
+    with pytest.raises(InputError, match=r"m.csv, row 3, column 'y': inf: expected a finite"):
+        pd_numeric(df, "y", str(path))
+    assert _ids(df) == ["row 2", "row 3"]
+    jpath = tmp_path / "m.json"
+    jpath.write_text('[{"x": 1.5}, {"x": "abc"}]')
+    with pytest.raises(InputError, match=r"m.json, row 2, column 'x': 'abc': expected a finite"):
+        pd_numeric(_read_table(str(jpath)), "x", str(jpath))

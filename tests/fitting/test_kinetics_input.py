@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from matmeta.errors import InputError
-from matmeta.io.kinetics import read_kinetics_table
+from matmeta.io.kinetics import UnsortedTimesWarning, read_kinetics_table, validate_kinetics
 from tests.helpers import shared_dataset
 
 GOOD = """sample,temperature_K,time_min,fraction,fraction_std
@@ -109,4 +109,53 @@ def test_real_tungsten_table_needs_explicit_tolerances():
     with pytest.raises(InputError, match="outside"):
         read_kinetics_table(path, allow_negative_time=True)
     table = read_kinetics_table(path, allow_negative_time=True, fraction_tolerance=0.15)
-    assert len(table.curves()) == 25
+    # one digitised curve is listed out of time order in the file: sorted, and said so
+    with pytest.warns(UnsortedTimesWarning, match=r"curve dataset_id=W_Richou2020_A, "
+                      r"temperature_K=1823.15 \(rows \d+-\d+\): times are not in increasing"):
+        curves = table.curves()
+    assert len(curves) == 25
+    assert all((np.diff(rows["time_s"].to_numpy()) >= 0).all() for _, rows in curves)
+
+
+def test_unsorted_curve_is_sorted_with_one_warning_naming_it(tmp_path):
+    text = ("sample,time_s,fraction\nA,10,0.1\nA,30,0.6\nA,20,0.3\n"
+            "B,10,0.2\nB,20,0.5\nB,30,0.9\n")
+    table = read_kinetics_table(write(tmp_path, text))
+    with pytest.warns(UnsortedTimesWarning) as rec:
+        curves = table.curves()
+    assert [str(w.message) for w in rec] == [
+        f"{tmp_path / 'm.csv'}, curve sample=A (rows 2-4): times are not in increasing order; "
+        "sorted by time"]
+    assert curves[0][1]["time_s"].tolist() == [10.0, 20.0, 30.0]
+    assert curves[0][1]["fraction"].tolist() == [0.1, 0.3, 0.6]  # values travel with their time
+    assert curves[0][1]["row"].tolist() == [2, 4, 3]
+    # the table itself keeps the file's order
+    assert table.data["time_s"].tolist()[:3] == [10.0, 30.0, 20.0]
+
+
+def test_validate_kinetics_is_the_rule_of_the_reader(tmp_path):
+    """The reader and validate_kinetics refuse the same points with the same words."""
+    bad = GOOD.replace("A,700,4,0.80", "A,700,4,1.20")
+    with pytest.raises(InputError) as from_file:
+        read_kinetics_table(write(tmp_path, bad))
+    with pytest.raises(InputError) as direct:
+        validate_kinetics([60, 120, 240, 480], [0.05, 0.3, 1.2, 0.99], source=str(
+            tmp_path / "m.csv"), rows=[2, 3, 4, 5], time_column="time_min")
+    assert str(from_file.value) == str(direct.value)
+    assert "row 4, column 'fraction': fraction 1.2 outside [0, 1]" in str(direct.value)
+    # without a file: curve and 0-based point index
+    with pytest.raises(InputError, match=r"^curve 3, point 1: negative time -1 s"):
+        validate_kinetics([0.0, -1.0], [0.0, 0.5], curve=3)
+    neg = validate_kinetics([0.0, -1.0], [-0.01, 1.01], allow_negative_time=True,
+                            fraction_tolerance=0.01)
+    assert neg.tolist() == [False, True]
+    with pytest.raises(InputError, match="2 times but 3 fractions"):
+        validate_kinetics([0.0, 1.0], [0.1, 0.2, 0.3])
+
+
+def test_rows_option_names_the_callers_line_numbers(tmp_path):
+    import pandas as pd
+
+    df = pd.DataFrame({"time_s": [1.0, 2.0, -3.0], "fraction": [0.1, 0.5, 0.9]})
+    with pytest.raises(InputError, match=r"^q.json, row 3, column 'time_s': negative time"):
+        read_kinetics_table(df, source="q.json", rows=[1, 2, 3])

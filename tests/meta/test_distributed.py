@@ -1,6 +1,4 @@
-"""torch.distributed: two CPU processes over loopback reach the one-process parameters."""
-
-import socket
+"""torch.distributed: two CPU processes (gloo, file rendezvous) reach the one-process parameters."""
 
 import pytest
 import torch
@@ -24,12 +22,12 @@ def _setup():
     return model, fams, train
 
 
-def _worker(rank: int, world: int, port: int, out: str) -> None:
+def _worker(rank: int, world: int, store: str, out: str) -> None:
     import torch.distributed as dist
 
     torch.set_num_threads(1)
-    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank,
-                            world_size=world)
+    # a file rendezvous: no port to pick, so no race with other processes for one
+    dist.init_process_group("gloo", init_method=f"file://{store}", rank=rank, world_size=world)
     try:
         model, fams, train = _setup()
         res = meta_train(model, fams, settings=MetaSettings("maml", 2, 0.1), train=train,
@@ -39,17 +37,11 @@ def _worker(rank: int, world: int, port: int, out: str) -> None:
         dist.destroy_process_group()
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def test_two_ranks_match_one_process(tmp_path):
     import torch.multiprocessing as mp
 
     out = str(tmp_path / "dist.pt")
-    mp.spawn(_worker, args=(2, _free_port(), out), nprocs=2, join=True)
+    mp.spawn(_worker, args=(2, str(tmp_path / "store"), out), nprocs=2, join=True)
     model, fams, train = _setup()
     single = meta_train(model, fams, settings=MetaSettings("maml", 2, 0.1), train=train,
                         progress=False)

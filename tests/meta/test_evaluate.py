@@ -204,3 +204,72 @@ def test_paired_comparison_ratio_and_wins_are_exact_on_known_errors():
     # every group's error is halved, so every resample's ratio is exactly 0.5
     assert row["ratio"] == pytest.approx(0.5) and row["wins"] == 4 and row["n_groups"] == 4
     assert row["ci_low"] == pytest.approx(0.5) and row["ci_high"] == pytest.approx(0.5)
+
+
+def _shifted(fams, name, c):
+    return [Family(f.name, f.inputs, f.y + c, group=f.group) if f.name == name else f
+            for f in fams]
+
+
+def test_leave_one_out_fits_each_fold_transform_on_its_meta_train_families_only():
+    # F0 sits 100 above the rest: any fold whose transform saw F0 while F0 was held out would
+    # have a mean far from numpy's mean over that fold's meta-train targets
+    fams = _shifted(sine_families(n=4, size=10), "F0", 100.0)
+    res = evaluate(MLP(1, (8,), dtype="float64"), fams, test="leave-one-out", val=0.25,
+                   settings=EvaluationSettings(shots=(2,), methods=("pretrained",), repeats=1,
+                                               bootstrap=50, pretrain_steps=5),
+                   target_transform="standardize", progress=False)
+    by_name = {f.name: f.y.numpy() for f in fams}
+    assert len(res.folds) == 4
+    for fold in res.folds:
+        y = np.concatenate([by_name[g] for g in fold["train"]])
+        tt = fold["target_transform"]
+        assert tt["kind"] == "standardize"
+        assert tt["mean"] == pytest.approx(float(y.mean()), rel=1e-12)
+        assert tt["std"] == pytest.approx(float(y.std()), rel=1e-12)
+
+
+def test_held_out_targets_reach_the_errors_only_through_their_own_values():
+    # shift the held-out family by 1000, then by 2000: the fold's transform, the hyperparameters
+    # chosen and every zero-shot prediction must not move, so each zero-shot task's MAE (all
+    # residuals of one sign, |y + c - pred| = c + y - pred) moves by exactly 1000
+    fams = sine_families(n=6, size=12)
+
+    def run(c):
+        return evaluate(MLP(1, (8,), dtype="float64"), _shifted(fams, "F0", c), test=["F0"],
+                        val=["F1"],
+                        settings=EvaluationSettings(
+                            shots=(2,), methods=("meta_init", "pretrained", "finetune", "offset"),
+                            repeats=2, val_repeats=1, bootstrap=50, pretrain_steps=30,
+                            finetune_steps=(0, 2), finetune_lrs=(0.01,)),
+                        meta_settings=MetaSettings("maml", inner_steps=1, inner_lr=0.1),
+                        meta_train_settings=MetaTrainSettings(steps=5, meta_batch=2, k_shot=2,
+                                                              q_query=4),
+                        target_transform="standardize", progress=False)
+
+    a, b = run(1000.0), run(2000.0)
+    train = np.concatenate([f.y.numpy() for f in fams if f.name not in ("F0", "F1")])
+    for res in (a, b):
+        tt = res.folds[0]["target_transform"]
+        assert tt["mean"] == pytest.approx(float(train.mean()), rel=1e-12)
+        assert tt["std"] == pytest.approx(float(train.std()), rel=1e-12)
+    assert a.folds[0]["chosen"] == b.folds[0]["chosen"]
+    for m in ("meta_init", "pretrained"):
+        ea = a.tasks[a.tasks.method == m].error.to_numpy()
+        eb = b.tasks[b.tasks.method == m].error.to_numpy()
+        assert ea.size == 2 and ea.min() > 900
+        np.testing.assert_allclose(eb - ea, 1000.0, rtol=0, atol=1e-6)
+
+
+def test_log_transform_checks_every_target_before_training():
+    fams = [Family(f.name, f.inputs, f.y.abs() + 1.0) for f in sine_families(n=5, size=8)]
+    fams[0].y[3] = -2.0
+    with pytest.raises(InputError, match=r"family .F0., row 3: target -2(\.0)? cannot be"):
+        evaluate(MLP(1, (4,), dtype="float64"), fams, test=["F0"], val=["F1"],
+                 settings=EvaluationSettings(shots=(2,), methods=("pretrained",)),
+                 target_transform="log10_standardize", progress=False)
+    with pytest.raises(TypeError, match="pass the kind"):
+        from matmeta.models._transforms import TargetTransform
+
+        evaluate(MLP(1, (4,), dtype="float64"), fams, test=["F0"], val=["F1"],
+                 target_transform=TargetTransform("standardize", 0.0, 1.0), progress=False)

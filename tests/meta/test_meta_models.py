@@ -107,6 +107,32 @@ def test_arrhenius_jmak_meta_trains_a_few_steps_and_writes_a_prior(tmp_path):
     assert bool((prior.std > 0).all())
 
 
+def test_write_prior_names_families_that_diverged_and_the_std_fallback(tmp_path):
+    from matmeta.meta import MetaResult, write_prior
+    from matmeta.models.parametric import JMAK, Prior
+
+    model = JMAK()
+    params = {k: v.double() for k, v in model.init_params().items()}
+    s = MetaSettings("maml", 2, 0.1).resolve(model)
+    res = MetaResult(model, init_meta_params(model, params, s), s, MetaTrainSettings())
+    good = _jmak_families(3)
+    bad = Family("diverged", good[0].inputs, torch.full_like(good[0].y, float("nan")))
+    with pytest.warns(UserWarning) as caught:
+        with_bad = Prior.load(write_prior(res, [*good, bad], tmp_path / "a.json"), model=model)
+    msg = str(caught[0].message)
+    assert len(caught) == 1 and "\n" not in msg
+    assert "diverged on 1 of 4 families" in msg and msg.endswith(": diverged")
+    # the diverged family is left out: the spread is the one of the families that adapted
+    clean = Prior.load(write_prior(res, good, tmp_path / "b.json"), model=model)
+    torch.testing.assert_close(with_bad.std, clean.std, rtol=0, atol=0)
+    torch.testing.assert_close(with_bad.mean, model.flatten(params).double())
+    # one family left: no spread to measure, every std falls back to 1, said in the same line
+    with pytest.warns(UserWarning, match=r"diverged on 1 of 2 families.*only 1 family adapted.*"
+                                         r"falls back to 1 "):
+        lone = Prior.load(write_prior(res, [good[0], bad], tmp_path / "c.json"), model=model)
+    torch.testing.assert_close(lone.std, torch.ones_like(lone.std, dtype=F64))
+
+
 @pytest.fixture(scope="module")
 def salt_families():
     from ase.build import bulk

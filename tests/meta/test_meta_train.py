@@ -4,7 +4,6 @@ import os
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
@@ -111,17 +110,15 @@ def test_killed_run_resumes_to_the_same_parameters(tmp_path):
               "--device", "cpu", "--threads", "1", "--seed", "3", "--no-progress",
               "--checkpoint-every", "10"]
     killed = tmp_path / "killed.pt"
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    proc = subprocess.Popen([sys.executable, "-m", "matmeta", *common, "--out", str(killed)],
-                            cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
-    deadline = time.time() + 120
-    while not killed.exists() and time.time() < deadline and proc.poll() is None:
-        time.sleep(0.02)
-    proc.send_signal(signal.SIGKILL)
-    proc.wait()
-    assert proc.returncode == -signal.SIGKILL, proc.stderr.read().decode()[-2000:]
+    # a real SIGKILL, sent by the child to itself before meta-step 25 (test-only hook in
+    # matmeta.meta._train): a kill from outside could come after a fast run had finished
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "MATMETA_TEST_KILL_AT_STEP": "25"}
+    proc = subprocess.run([sys.executable, "-m", "matmeta", *common, "--out", str(killed)],
+                          cwd=ROOT, env=env, capture_output=True, timeout=300)
+    assert proc.returncode == -signal.SIGKILL, proc.stderr.decode()[-2000:]
+    # meta-steps 21-24 were done and lost: the resume replays them from the checkpoint of 20
     step_at_kill = load_checkpoint(killed, kind="meta")["step"]
-    assert 0 < step_at_kill < 100
+    assert step_at_kill == 20
     # the resumed run may as well be in this process: the kill above was real
     assert main([*common, "--out", str(killed), "--resume"]) == 0
     straight = tmp_path / "straight.pt"
@@ -168,6 +165,66 @@ def test_resume_refuses_a_checkpoint_of_another_model_or_featurizer(tmp_path):
                    progress=False, settings=MetaSettings("reptile"),
                    extra={"featurizer": {"cutoff": 6.0}})
     assert out.read_bytes() == before
+
+
+def _resume_base():
+    return dict(settings=MetaSettings("maml", 2, 0.05),
+                train=MetaTrainSettings(steps=2, meta_batch=2, k_shot=3, q_query=4, seed=1))
+
+
+@pytest.mark.parametrize("change", [
+    {"inner_steps": 3}, {"inner_lr": 0.1}, {"k_shot": 2}, {"meta_batch": 3}, {"outer_lr": 0.01},
+    {"schedule": "cosine"}, {"seed": 2}, {"q_query": 3}, {"clip": 1.0},
+])
+def test_resume_refuses_changed_settings_naming_the_key_and_both_values(tmp_path, change):
+    fams = _families(3)
+    out = tmp_path / "s.pt"
+    base = _resume_base()
+    meta_train(MLP(2, (4,), dtype="float64"), fams, out=out, progress=False, **base)
+    before = out.read_bytes()
+    (key, value), = change.items()
+    settings, train = base["settings"], base["train"]
+    if hasattr(settings, key):
+        was = getattr(settings, key)
+        settings = MetaSettings.from_dict({**settings.to_dict(), key: value})
+    else:
+        was = getattr(train, key)
+        train = MetaTrainSettings.from_dict({**train.to_dict(), key: value, "steps": 4})
+    with pytest.raises(CheckpointError) as err:
+        meta_train(MLP(2, (4,), dtype="float64"), fams, out=out, resume=True, progress=False,
+                   settings=settings, train=train)
+    msg = str(err.value)
+    assert "\n" not in msg and "cannot resume" in msg
+    assert f"with {key} = {was!r}, this run asks for {key} = {value!r}" in msg
+    assert out.read_bytes() == before
+
+
+def test_resume_accepts_more_steps_and_other_checkpoint_and_validation_intervals(tmp_path):
+    fams = _families(4)
+    base = _resume_base()
+    longer = MetaTrainSettings.from_dict({**base["train"].to_dict(), "steps": 4})
+    full = meta_train(MLP(2, (4,), dtype="float64"), fams[:3], fams[3:], progress=False,
+                      settings=base["settings"], train=longer)
+    out = tmp_path / "l.pt"
+    meta_train(MLP(2, (4,), dtype="float64"), fams[:3], fams[3:], out=out, progress=False,
+               **base)
+    changed = MetaTrainSettings.from_dict({**longer.to_dict(), "checkpoint_every": 7,
+                                           "val_every": 9})
+    resumed = meta_train(MLP(2, (4,), dtype="float64"), fams[:3], fams[3:], out=out,
+                         resume=True, progress=False, settings=base["settings"], train=changed)
+    assert_tree_close(resumed.meta_params, full.meta_params, rtol=0, atol=0)
+
+
+def test_cli_prior_for_a_non_parametric_model_is_refused_before_training(tmp_path, capsys):
+    data = _toy_table(tmp_path / "toy.csv")
+    out = tmp_path / "p.pt"
+    assert main(["meta-train", "--data", str(data), "--model", "mlp", "--target", "y",
+                 "--features", "x1,x2", "--device", "cpu", "--steps", "2", "--no-progress",
+                 "--out", str(out), "--prior", str(tmp_path / "prior.json")]) == 2
+    err = capsys.readouterr().err
+    assert "--prior is for parametric models" in err and "not mlp" in err
+    assert err.count("\n") == 1
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["toy.csv"]  # no checkpoint, no plot
 
 
 def test_families_too_small_are_reported_or_refused():

@@ -2,6 +2,7 @@
 
 import math
 
+import numpy as np
 import pandas as pd
 import pytest
 import torch
@@ -36,8 +37,11 @@ def test_groupings_of_formulas():
 
 def test_family_keys_name_the_row_of_a_bad_formula():
     df = pd.DataFrame({"formula": ["NaCl", "Qq2"], "y": [1.0, 2.0]})
-    with pytest.raises(InputError, match=r"row 1, column 'formula'"):
+    # a table from a CSV file is numbered by file lines: header line 1, so index 1 is line 3
+    with pytest.raises(InputError, match=r"^t.csv, row 3, column 'formula'"):
         family_keys(df, "anion", source="t.csv")
+    with pytest.raises(InputError, match=r"^<table>, row 1, column 'formula'"):
+        family_keys(df, "anion")
     with pytest.raises(InputError, match="no family column 'grade'"):
         family_keys(df, "grade")
 
@@ -83,8 +87,47 @@ def test_families_from_table_for_an_mlp_with_named_bad_rows():
     torch.testing.assert_close(fams[0].inputs, torch.tensor([[1.0], [2.0]], dtype=torch.float64))
     assert fams[1].rows == [2]
     df.loc[1, "x"] = float("nan")
-    with pytest.raises(InputError, match=r"t.csv, row 1, column 'x'"):
-        families_from_table(df, "mlp", target="y", features=["x"], source="t.csv")
+    # an in-memory table has no file lines: its own index labels are reported
+    with pytest.raises(InputError, match=r"^<table>, row 1, column 'x': nan: expected a finite"):
+        families_from_table(df, "mlp", target="y", features=["x"])
+
+
+def test_bad_cells_of_a_csv_are_named_by_their_file_line(tmp_path):
+    path = tmp_path / "t.csv"
+    path.write_text("family,formula,x,y\nA,NaCl,1.0,1.0\nA,KBr,2.0,4.0\nB,MgO,abc,9.0\n"
+                    "B,Qq2,4.0,2.0\n,LiF,5.0,1.0\n")
+    lines = path.read_text().splitlines()  # lines[n - 1] is file line n; the header is line 1
+    df = pd.read_csv(path)
+    with pytest.raises(InputError) as err:  # the rows before the one without a family
+        families_from_table(df.iloc[:4], "mlp", target="y", features=["x"], source=str(path))
+    assert str(err.value) == f"{path}, row 4, column 'x': 'abc': expected a finite number"
+    assert lines[4 - 1].split(",")[2] == "abc"
+    with pytest.raises(InputError, match=r"t.csv, row 5, column 'formula'"):
+        family_keys(df, "anion", source=str(path))
+    assert lines[5 - 1].split(",")[1] == "Qq2"
+    with pytest.raises(InputError, match=r"t.csv, row 6, column 'family': empty family name"):
+        family_keys(df, "family", source=str(path))
+    assert lines[6 - 1].startswith(",")
+    # numpy scalars are shown as numbers, not as np.float64(...)
+    df2 = pd.read_csv(path).iloc[:2].copy()
+    df2.loc[1, "y"] = np.inf
+    with pytest.raises(InputError, match=r"t.csv, row 3, column 'y': inf: expected a finite"):
+        families_from_table(df2, "mlp", target="y", features=["x"], source=str(path))
+    ok = families_from_table(df.iloc[:2], "mlp", target="y", features=["x"], source=str(path))
+    assert ok[0].rows == [2, 3]
+
+
+def test_kinetics_rows_are_the_line_numbers_the_reader_attached(tmp_path):
+    from matmeta.io.kinetics import read_kinetics_table
+
+    path = tmp_path / "k.csv"
+    path.write_text("dataset_id,temperature_K,time_s,fraction\nW1,1000,10,0.1\n"
+                    "W1,1000,100,0.5\nW1,1000,-5,0.9\n")
+    table = read_kinetics_table(path, allow_negative_time=True)
+    df = table.data.set_index("row")
+    with pytest.raises(InputError, match=r"k.csv, row 4, column 'time_s': -5: expected a time"):
+        families_from_table(df, "jmak", source=str(path))
+    assert path.read_text().splitlines()[4 - 1].split(",")[2] == "-5"
 
 
 @pytest.mark.shared_data

@@ -273,3 +273,29 @@ def test_arrhenius_jmak_closed_form_jacobian_matches_autodiff(shared_n, fit_fmax
     f2, j2 = ParametricModel.value_and_jacobian(model, theta, x)
     torch.testing.assert_close(f1, f2)
     torch.testing.assert_close(j1, j2, atol=1e-12, rtol=1e-9)
+
+
+def test_birch_murnaghan_initial_guess_stays_on_the_input_device():
+    """B0' = 4 start is made on the energies' device and dtype (not a CPU float64 constant)."""
+    from matmeta.models.parametric import BirchMurnaghan
+
+    v = torch.linspace(14.0, 18.0, 7, dtype=torch.float32)[None]
+    e = 0.05 * (v - 16.0) ** 2 - 3.0
+    guess = BirchMurnaghan().initial_guesses(v, e)
+    assert guess.dtype == torch.float32
+    assert float(guess[0, 0, 3]) == 4.0
+    assert float(guess[0, 0, 1].exp()) == pytest.approx(16.0, rel=1e-5)  # parabola vertex
+    if torch.cuda.is_available():
+        g = BirchMurnaghan().initial_guesses(v.cuda(), e.cuda())
+        assert g.device.type == "cuda"
+
+
+def test_arrhenius_jmak_derived_outputs_follow_the_parameters_device():
+    """Constants made inside derived()/t_half_s() live on the parameters' device: checked with
+    torch's 'meta' device, which refuses to mix with CPU tensors just as CUDA does."""
+    from matmeta.models.parametric import ArrheniusJMAK
+
+    model = ArrheniusJMAK(temperatures_K=[900.0, 950.0])
+    params = {k: v.to("meta") for k, v in model.init_params().items()}
+    assert {v.device.type for v in model.derived(params).values()} == {"meta"}
+    assert model.t_half_s(params, [900.0]).device.type == "meta"

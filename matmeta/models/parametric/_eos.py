@@ -70,6 +70,6 @@ class BirchMurnaghan(ParametricModel):
             b0 = (2 * c[0] * v0 * EV_PER_A3_IN_GPA).clamp_min(1.0)
             e0 = c[0] * v0**2 + c[1] * v0 + c[2]
             out.append(torch.stack([
-                torch.stack([e0, torch.log(v0), torch.log(b0), torch.tensor(4.0, dtype=y.dtype)]),
+                torch.stack([e0, torch.log(v0), torch.log(b0), y.new_tensor(4.0)]),
             ]))
         return torch.stack(out)

@@ -385,14 +385,15 @@ class ArrheniusJMAK(ParametricModel):
 
     def t_half_s(self, params: Params, temperature_K: Tensor) -> Tensor:
         """Half time ``ln(2)^(1/n) / k(T)`` in seconds at each temperature."""
-        temperature_K = torch.as_tensor(temperature_K, dtype=params["ln_k0"].dtype)
+        temperature_K = torch.as_tensor(temperature_K, dtype=params["ln_k0"].dtype,
+                                        device=params["ln_k0"].device)
         n = self._n(params, temperature_K)
         return torch.exp(LN_LN2 / n - self.ln_k(params, temperature_K))
 
     def derived(self, params: Params) -> dict[str, Tensor]:
         if not self.temperatures_K:
             return {}
-        temps = torch.as_tensor(self.temperatures_K, dtype=params["ln_k0"].dtype)
+        temps = params["ln_k0"].new_tensor(self.temperatures_K)
         return {"t_half_s": self.t_half_s(params, temps),
                 "ln_k_per_s": self.ln_k(params, temps)}
 
