@@ -59,3 +59,18 @@ def seed_everything(seed: int) -> torch.Generator:
     gen = torch.Generator()
     gen.manual_seed(seed)
     return gen
+
+
+def settings_from_dict(cls, d: dict, what: str, error: type[Exception] = InputError):
+    """Build the settings dataclass ``cls`` from ``d``, refusing unknown keys in one line.
+
+    Example:
+        >>> settings_from_dict(MetaSettings, {"inner_steps": 3}, "meta-learning settings")
+    """
+    import dataclasses
+
+    known = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(set(d) - known)
+    if unknown:
+        raise error(f"unknown {what} {unknown}; expected some of {sorted(known)}")
+    return cls(**d)

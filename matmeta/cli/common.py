@@ -21,3 +21,13 @@ def setup_runtime(args: argparse.Namespace):
     set_threads(getattr(args, "threads", None))
     seed_everything(getattr(args, "seed", 0))
     return resolve_device(getattr(args, "device", "auto"))
+
+
+def comma_list(value) -> list[str] | None:
+    """``"a, b,c"`` -> ``["a", "b", "c"]``; a list or tuple (from a TOML config) passes through
+    as strings; None stays None."""
+    if value is None:
+        return None
+    if isinstance(value, (list, tuple)):
+        return [str(v) for v in value]
+    return [s.strip() for s in str(value).split(",") if s.strip()]

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from matmeta.cli.common import add_runtime_options
+from matmeta.cli.common import add_runtime_options, comma_list
 
 EPILOG = """\
 methods (all that apply by default; --methods picks some):
@@ -115,16 +115,10 @@ def add_parser(subparsers) -> None:
     p.set_defaults(func=run)
 
 
-def _names(text: str | None) -> list[str] | None:
-    if text is None:
-        return None
-    return [s.strip() for s in str(text).split(",") if s.strip()]
-
-
 def _ints(text: str | None, what: str) -> tuple[int, ...] | None:
     from matmeta.errors import InputError
 
-    names = _names(text)
+    names = comma_list(text)
     if names is None:
         return None
     try:
@@ -140,7 +134,7 @@ def _split(text: str):
     try:
         return float(text)
     except ValueError:
-        return _names(text)
+        return comma_list(text)
 
 
 def load_families(args: argparse.Namespace, kind: str, dtype) -> tuple[list, str, list[str]]:
@@ -190,7 +184,7 @@ def load_families(args: argparse.Namespace, kind: str, dtype) -> tuple[list, str
         return fams, "log10 " + args.target, notes
     if args.target is None:
         raise InputError("mlp needs --target (the column to learn, units in its name)")
-    features = _names(args.features)
+    features = comma_list(args.features)
     family = args.family
     if args.composition_column:
         from matmeta.io.alloys import read_alloy_table
@@ -254,13 +248,13 @@ def run(args: argparse.Namespace) -> int:
     parametric = kind in ("jmak", "arrhenius_jmak")
     # settings first: a bad method, k or algorithm fails before any data is read
     settings = EvaluationSettings(
-        shots=_ints(args.shots, "shots"), methods=_names(args.methods), metric=args.metric,
+        shots=_ints(args.shots, "shots"), methods=comma_list(args.methods), metric=args.metric,
         repeats=args.repeats, val_repeats=args.val_repeats, q_query=args.q_query,
         bootstrap=args.bootstrap, level=args.level, seed=args.seed,
         pretrain_steps=args.pretrain_steps, pretrain_lr=args.pretrain_lr)
     meta = MetaSettings(algorithm=args.algorithm, inner_steps=args.inner_steps,
                         inner_lr=args.inner_lr or (0.1 if parametric else 0.01),
-                        trainable=_names(args.trainable))
+                        trainable=comma_list(args.trainable))
     mts = MetaTrainSettings(steps=args.steps, meta_batch=args.meta_batch, k_shot=args.k_shot,
                             q_query=args.q_query_train, outer_lr=args.outer_lr,
                             val_every=max(args.steps // 4, 1), val_tasks=16,
@@ -276,7 +270,7 @@ def run(args: argparse.Namespace) -> int:
     if not parametric:
         tkind = "log10_standardize" if kind == "cgcnn" else "standardize"
 
-    hidden = _names(args.hidden)
+    hidden = comma_list(args.hidden)
     cfg: dict = {}
     if kind == "mlp":
         cfg = {"in_dim": int(families[0].inputs.shape[1]), "dtype": str(dtype).split(".")[-1]}

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from matmeta.cli.common import add_runtime_options
+from matmeta.cli.common import add_runtime_options, comma_list
 
 ALGORITHM_HELP = """\
 algorithms:
@@ -182,14 +182,6 @@ def _split_spec(value):
         return [s.strip() for s in text.split(",") if s.strip()]
 
 
-def _names(value) -> list[str] | None:
-    if value is None:
-        return None
-    if isinstance(value, (list, tuple)):
-        return [str(v) for v in value]
-    return [s.strip() for s in str(value).split(",") if s.strip()]
-
-
 def run(args: argparse.Namespace) -> int:
     import sys
     from pathlib import Path
@@ -229,7 +221,7 @@ def run(args: argparse.Namespace) -> int:
         inner_lr=float(opts["inner_lr"]),
         eval_inner_steps=(None if opts["eval_inner_steps"] is None
                           else int(opts["eval_inner_steps"])),
-        trainable=_names(opts["trainable"]), proximal=float(opts["proximal"]),
+        trainable=comma_list(opts["trainable"]), proximal=float(opts["proximal"]),
         cg_steps=int(opts["cg_steps"]), batching=str(opts["batching"]))
     train = MetaTrainSettings(
         steps=int(opts["steps"]), meta_batch=int(opts["meta_batch"]), k_shot=int(opts["k_shot"]),
@@ -271,7 +263,7 @@ def run(args: argparse.Namespace) -> int:
                                   target_column=opts["target"])
     families = families_from_table(
         df, kind, family=opts["family"], target=opts["target"],
-        features=_names(opts["features"]), formula_column=opts["formula_column"],
+        features=comma_list(opts["features"]), formula_column=opts["formula_column"],
         structure_column=opts["structure_column"] or "structure", featurizer=featurizer,
         dtype=dtype, source=str(args.data),
         allow_negative_time=bool(opts["allow_negative_time"]))
@@ -291,7 +283,7 @@ def run(args: argparse.Namespace) -> int:
 
     from matmeta.models._registry import build_model
 
-    hidden = _names(opts["hidden"])
+    hidden = comma_list(opts["hidden"])
     if kind == "mlp":
         in_dim = int(train_f[0].inputs.shape[1])
         model_cfg = {"in_dim": in_dim, "dtype": opts["dtype"], **model_cfg}

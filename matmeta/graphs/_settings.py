@@ -13,6 +13,7 @@ import json
 from dataclasses import dataclass
 from typing import Any
 
+from matmeta.config import settings_from_dict
 from matmeta.errors import CheckpointError, InputError
 
 __all__ = ["FeaturizerSettings", "GRAPH_FORMAT_VERSION"]
@@ -74,11 +75,7 @@ class FeaturizerSettings:
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> FeaturizerSettings:
-        known = {f.name for f in dataclasses.fields(cls)}
-        unknown = set(d) - known
-        if unknown:
-            raise CheckpointError(f"featurizer settings have unknown fields {sorted(unknown)}")
-        return cls(**d)
+        return settings_from_dict(cls, d, "featurizer settings", error=CheckpointError)
 
     def key(self) -> str:
         """Short stable hash of the settings (part of the graph cache key)."""

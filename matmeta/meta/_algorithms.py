@@ -38,6 +38,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from matmeta.config import settings_from_dict
 from matmeta.errors import InputError
 from matmeta.meta._inner import inner_loop
 from matmeta.meta._tasks import Task, stack_tasks
@@ -118,12 +119,7 @@ class MetaSettings:
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> MetaSettings:
-        known = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(d) - known)
-        if unknown:
-            raise InputError(f"unknown meta-learning settings {unknown}; expected some of "
-                             f"{sorted(known)}")
-        return cls(**d)
+        return settings_from_dict(cls, d, "meta-learning settings")
 
     def resolve(self, model: FunctionalModel) -> MetaSettings:
         """A copy with ANIL's default trainable names filled in from the model."""

@@ -32,6 +32,7 @@ import torch
 from torch import Tensor
 
 from matmeta.checkpoint import load_checkpoint, save_checkpoint
+from matmeta.config import settings_from_dict
 from matmeta.errors import CheckpointError, ConvergenceError, InputError
 from matmeta.meta._algorithms import (
     MetaSettings,
@@ -103,12 +104,7 @@ class MetaTrainSettings:
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> MetaTrainSettings:
-        known = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(d) - known)
-        if unknown:
-            raise InputError(f"unknown meta-training settings {unknown}; expected some of "
-                             f"{sorted(known)}")
-        return cls(**d)
+        return settings_from_dict(cls, d, "meta-training settings")
 
 
 @dataclass
