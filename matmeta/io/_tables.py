@@ -37,7 +37,10 @@ def _load_table(path: Path) -> pd.DataFrame:
         raise InputError(f"{path}: no such file; expected a .csv or .json table (optionally .gz)")
     try:
         if stem.endswith(".csv"):
-            return pd.read_csv(path)
+            df = pd.read_csv(path)
+            # Row labels are what a spreadsheet shows (header = row 1), as in the other readers.
+            df.index = pd.RangeIndex(2, len(df) + 2)
+            return df
         if stem.endswith(".json"):
             opener = gzip.open if name.endswith(".gz") else open
             with opener(path, "rt", encoding="utf-8") as fh:
@@ -47,7 +50,9 @@ def _load_table(path: Path) -> pd.DataFrame:
             if isinstance(obj, list):
                 if not all(isinstance(r, dict) for r in obj):
                     raise InputError(f"{path}: JSON list items must be objects (one per row)")
-                return pd.DataFrame.from_records(obj)
+                df = pd.DataFrame.from_records(obj)
+                df.index = pd.RangeIndex(1, len(df) + 1)        # item 1 = the first object
+                return df
             if isinstance(obj, dict):
                 return pd.DataFrame(obj)
             raise InputError(f"{path}: JSON holds a {type(obj).__name__}; expected a list of rows")

@@ -121,7 +121,7 @@ def test_bad_input_gives_one_line_errors(table, trained, tmp_path, capsys):
     df.to_csv(nan_table, index=False)
     err = _error(capsys, ["train", "--data", str(nan_table), "--target", "bulk_modulus_GPa",
                           "--out", str(tmp_path / "m.pt"), *FAST])
-    assert "row 3" in err and "bulk_modulus_GPa" in err
+    assert "row 5" in err and "bulk_modulus_GPa" in err        # 0-based data row 3 + header
     assert not (tmp_path / "m.pt").exists()
 
     err = _error(capsys, ["train", "--data", str(table), "--target", "K", "--out",
@@ -134,7 +134,7 @@ def test_bad_input_gives_one_line_errors(table, trained, tmp_path, capsys):
     df.to_csv(neg, index=False)
     err = _error(capsys, ["train", "--data", str(neg), "--target", "bulk_modulus_GPa",
                           "--log-target", "--out", str(tmp_path / "m.pt"), *FAST])
-    assert "row 5" in err and "log10" in err
+    assert "row 7" in err and "log10" in err
 
     empty = tmp_path / "empty"
     empty.mkdir()

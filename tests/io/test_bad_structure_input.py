@@ -78,14 +78,15 @@ def test_nan_and_infinite_targets(tmp_path):
     path = tmp_path / "t.csv"
     pd.DataFrame({"cif": [_GOOD_CIF] * 3,
                   "B_GPa": [100.0, float("nan"), float("inf")]}).to_csv(path, index=False)
-    _raises(rf"{path}, row 1, column 'B_GPa': target nan is not a finite number",
+    # Row numbers are spreadsheet rows: header = row 1, first data row = row 2.
+    _raises(rf"{path}, row 3, column 'B_GPa': target nan is not a finite number",
             read_structure_table, path, target_column="B_GPa")
     with pytest.warns(UserWarning, match="dropped 2 row"):
         df = read_structure_table(path, target_column="B_GPa", drop_bad_targets=True)
-    assert len(df) == 1 and df.attrs["dropped_rows"] == [1, 2]
+    assert len(df) == 1 and df.attrs["dropped_rows"] == [3, 4]
     text = tmp_path / "s.csv"
     pd.DataFrame({"cif": [_GOOD_CIF], "B_GPa": ["abc"]}).to_csv(text, index=False)
-    _raises(r"row 0, column 'B_GPa': target 'abc' is not a finite number",
+    _raises(r"row 2, column 'B_GPa': target 'abc' is not a finite number",
             read_structure_table, text, target_column="B_GPa")
 
 
@@ -117,4 +118,4 @@ def test_bad_row_in_a_table_names_the_row(tmp_path):
     path = tmp_path / "t.csv"
     pd.DataFrame({"cif": [_GOOD_CIF, "garbage that is not a structure\nline"],
                   "y": [1.0, 2.0]}).to_csv(path, index=False)
-    _raises(rf"{path}, row 1, column 'cif': cannot read POSCAR", read_structure_table, path)
+    _raises(rf"{path}, row 3, column 'cif': cannot read POSCAR", read_structure_table, path)

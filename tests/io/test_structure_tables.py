@@ -67,7 +67,8 @@ def test_family_column_is_copied_and_checked(tmp_path):
     path = tmp_path / "t.json"
     path.write_text(json.dumps([{"s": d, "B_GPa": "140.5", "host": "Cu"},
                                 {"s": d, "B_GPa": "141", "host": None}]))
-    with pytest.raises(InputError, match=r"row 1, column 'host': empty family"):
+    # JSON rows are numbered from 1 (the second object here).
+    with pytest.raises(InputError, match=r"row 2, column 'host': empty family"):
         read_structure_table(path, structure_column="s", family_column="host")
     path.write_text(json.dumps([{"s": d, "B_GPa": "140.5", "host": "Cu"}]))
     df = read_structure_table(path, structure_column="s", target_column="B_GPa",
