@@ -48,6 +48,7 @@ _EXPORTS: dict[str, str] = {
     "fit_curves": "matmeta.fitting",
     "fit_gp": "matmeta.bayes",
     "fit_jmak": "matmeta.fitting",
+    "fit_jmak_with_prior": "matmeta.workflows._kinetics",
     "FitResult": "matmeta.fitting",
     "FunctionalModel": "matmeta.models",
     "gaussian_crps": "matmeta.bayes",
@@ -59,6 +60,7 @@ _EXPORTS: dict[str, str] = {
     "InputError": "matmeta.errors",
     "interval_coverage": "matmeta.bayes",
     "JMAK": "matmeta.models.parametric",
+    "JMAKPriorFit": "matmeta.workflows._kinetics",
     "learn_prior": "matmeta.bayes",
     "load_builtin": "matmeta.io",
     "load_meta": "matmeta.meta",
@@ -88,10 +90,12 @@ _EXPORTS: dict[str, str] = {
     "set_threads": "matmeta.config",
     "split_families": "matmeta.meta",
     "structure_to_graph": "matmeta.graphs",
+    "suggest_jmak_measurement": "matmeta.suggest._kinetics",
     "Task": "matmeta.meta",
     "train_property_model": "matmeta.training",
     "TrainSettings": "matmeta.training",
     "weighted_mse": "matmeta.models",
+    "write_jmak_report": "matmeta.workflows._kinetics",
     "write_prior": "matmeta.meta",
 }
 

@@ -25,14 +25,21 @@ t_half_s, t_half_s_se, rmse, n_points, converged, nk_correlation (of ln k and ln
 poorly_determined; with --arrhenius also temperature_K, ln_k0, ln_k0_se, Q_kJ_per_mol,
 Q_kJ_per_mol_se. --json prints the same rows as a JSON list of objects.
 
+With a meta-learned --prior (from `matmeta meta-train ... --prior FILE` or matmeta.learn_prior;
+for 'jmak', or 'arrhenius_jmak' with --arrhenius) each fit is the MAP fit under the prior with its
+Laplace posterior: 2-3 points per curve give a usable fit, and the band widens where there are no
+points. --report DIR adds a folder with the prior, the data, the adapted curve with its band,
+k, n, t_half with uncertainties, and the influence of each point.
+
 Bad input (fraction outside [0, 1], NaN, negative time, T <= 0 K, missing column, unknown time
-unit, too few points, all fractions equal) stops with a one-line error naming file, row and
-column, before anything is written.
+unit, too few points without a prior, all fractions equal, a prior for another model) stops
+with a one-line error naming file, row and column, before anything is written.
 
 Example:
   matmeta jmak fit isotherms.csv --time-unit min --out fits.csv --plot fits.png
   matmeta jmak fit tungsten.csv --fraction-tolerance 0.15 --allow-negative-time \\
-      --arrhenius --out w.csv --json"""
+      --arrhenius --out w.csv --json
+  matmeta jmak fit three_points.csv --prior w_prior.json --out fit.csv --report report/"""
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
@@ -70,6 +77,12 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
                    help="draw the fitted curves with data and 95%% band to this file, the "
                         "Avrami plot to FITS_avrami.png and, with temperatures, the Arrhenius "
                         "plot to FITS_arrhenius.png")
+    f.add_argument("--report", metavar="DIR", default=None,
+                   help="with --prior: write a report folder (report.md, fit.png with the "
+                        "prior's band, the data and the adapted curve with its 95%% band, "
+                        "parameters.csv with prior and posterior k, n, t_half and their "
+                        "uncertainties, curves.csv, influence.csv: each point's exact "
+                        "leave-one-out effect on k, n and t_half); written whole or not at all")
     f.add_argument("--json", action="store_true",
                    help="print the fitted rows as a JSON list of objects on stdout")
     f.add_argument("--fraction-tolerance", type=float, default=0.0, metavar="TOL",
@@ -223,7 +236,17 @@ def _fit(args: argparse.Namespace) -> int:
     else:
         groups = table.curves(by_temperature=True)
         model = JMAK(fit_t0=args.fit_t0, fit_fmax=args.fit_fmax)
-    prior = Prior.load(args.prior, model=model) if args.prior else None
+    if args.report and not args.prior:
+        raise InputError("--report needs --prior: the report shows the meta-learned prior next "
+                         "to the adapted fit")
+    if args.prior:
+        from matmeta.workflows._kinetics import kinetics_model_for
+
+        prior = Prior.load(args.prior)
+        kinetics_model_for(prior, source=args.prior)  # another law's prior: a one-line error
+        prior.check(model, source=args.prior)
+    else:
+        prior = None
     table.check_curves(model.num_params, prior is not None, by_temperature=not args.arrhenius)
 
     if args.arrhenius:
@@ -269,9 +292,17 @@ def _fit(args: argparse.Namespace) -> int:
                                            gl, lines),
                             plot_path.with_name(f"{plot_path.stem}_arrhenius{plot_path.suffix}")))
 
+    report_fits = _prior_fits(args, table, groups, prior, use_std) if args.report else []
     atomic_write_text(args.out, frame.to_csv(index=False))
     for fig, path in figures:
         save_figure(fig, path)
+    if report_fits:
+        from matmeta.workflows._kinetics import summary_line, write_jmak_report
+
+        write_jmak_report(report_fits, args.report, prior_source=args.prior)
+        for fit in report_fits[:10]:
+            print(f"matmeta jmak fit: {summary_line(fit)}", file=sys.stderr)
+        figures.append((None, Path(args.report)))
     n_conv = int(frame["converged"].sum())
     print(f"matmeta jmak fit: {len(res)} fits, {len(frame)} rows ({n_conv} converged, "
           f"{int(frame['poorly_determined'].sum())} poorly determined); wrote {args.out}"
@@ -279,6 +310,22 @@ def _fit(args: argparse.Namespace) -> int:
     if args.json:
         print(dumps_json(rows))
     return 0
+
+
+def _prior_fits(args, table, groups, prior, use_std) -> list:
+    """The report's MAP + Laplace fits, one per curve (per group with --arrhenius)."""
+    from matmeta.workflows._kinetics import fit_jmak_with_prior
+
+    fits = []
+    for key, cur in groups:
+        fits.append(fit_jmak_with_prior(
+            cur["time_s"].to_numpy(), cur["fraction"].to_numpy(), prior,
+            temperature_K=cur["temperature_K"].to_numpy() if args.arrhenius else None,
+            fraction_std=cur["fraction_std"].to_numpy() if use_std else None,
+            noise_std=args.noise_std, label=table.describe_curve(key),
+            seed=getattr(args, "seed", 0), allow_negative_time=True,
+            fraction_tolerance=max(args.fraction_tolerance, 0.0)))
+    return fits
 
 
 def _to_cpu(res):

@@ -11,7 +11,14 @@ Example:
 from matmeta.plots._common import save_figure
 from matmeta.plots._evaluate import plot_learning_curves
 from matmeta.plots._influence import plot_influence_bars, plot_influence_curve
-from matmeta.plots._kinetics import KineticsCurve, plot_arrhenius, plot_avrami, plot_jmak_fits
+from matmeta.plots._kinetics import (
+    KineticsCurve,
+    plot_arrhenius,
+    plot_avrami,
+    plot_jmak_fits,
+    plot_prior_posterior,
+    plot_suggestion,
+)
 from matmeta.plots._meta import plot_meta_history
 from matmeta.plots._training import loss_curves_plot, parity_plot
 
@@ -26,5 +33,7 @@ __all__ = [
     "plot_jmak_fits",
     "plot_learning_curves",
     "plot_meta_history",
+    "plot_prior_posterior",
+    "plot_suggestion",
     "save_figure",
 ]

@@ -16,9 +16,11 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 from matplotlib.figure import Figure
+from matplotlib.ticker import NullFormatter
 
 # save_figure stays out of __all__: other plot modules define their own of the same name
-__all__ = ["KineticsCurve", "jmak_band", "plot_arrhenius", "plot_avrami", "plot_jmak_fits"]
+__all__ = ["KineticsCurve", "jmak_band", "plot_arrhenius", "plot_avrami", "plot_jmak_fits",
+           "plot_prior_posterior", "plot_suggestion"]
 
 Z_95 = 1.959963984540054
 
@@ -48,7 +50,9 @@ def _grid(curve: KineticsCurve, n: int = 200) -> np.ndarray:
     t = curve.time_s[curve.time_s > 0]
     lo = t.min() if len(t) else 1.0
     hi = curve.time_s.max() if len(curve.time_s) else 10.0
-    return np.geomspace(lo / 3.0, max(hi, lo * 1.01) * 2.0, n)
+    # a decade beyond the data on each side: with few points (MAP under a prior) the band is
+    # meant to show how it widens where nothing was measured
+    return np.geomspace(lo / 10.0, max(hi, lo * 1.01) * 10.0, n)
 
 
 def _inputs(curve: KineticsCurve, t: np.ndarray, arrhenius: bool) -> torch.Tensor:
@@ -102,6 +106,7 @@ def plot_jmak_fits(curves: list[KineticsCurve], result, title: str | None = None
         ax.errorbar(tp, c.fraction, yerr=c.fraction_std, fmt="o", ms=3.5, color="C3",
                     elinewidth=0.8, capsize=2, label="data")
         ax.set_xscale("log")
+        ax.xaxis.set_minor_formatter(NullFormatter())  # short ranges label minor ticks: overlap
         ax.set_ylim(-0.1, 1.15)
         ax.set_xlabel("time (s)")
         ax.set_ylabel("fraction transformed")
@@ -186,4 +191,97 @@ def plot_arrhenius(temperature_K: np.ndarray, ln_k: np.ndarray, ln_k_se: np.ndar
     ax.set_ylabel("ln k  (k in 1/s)")
     ax.legend(fontsize=7)
     ax.set_title(title or "Arrhenius plot")
+    return fig
+
+
+def plot_prior_posterior(panels: list[dict], title: str | None = None) -> Figure:
+    """Prior band, data, and the adapted curve with its band: one panel per curve (isotherm).
+
+    Each panel is a dict: ``label``, ``time_s`` (grid, s), ``prior`` and ``posterior`` as
+    ``(curve, lower, upper)`` arrays on the grid, ``data_time_s``, ``data_fraction``,
+    ``data_std`` (or None). :func:`matmeta.workflows._kinetics.write_jmak_report` builds them.
+
+    Example:
+        >>> fig = plot_prior_posterior([{"label": "W 1373 K", "time_s": t, "prior": (m, lo, hi),
+        ...                              "posterior": (m2, lo2, hi2), "data_time_s": ts,
+        ...                              "data_fraction": fs, "data_std": None}])
+    """
+    fig, axes = _axes_grid(len(panels))
+    for ax, p in zip(axes, panels, strict=False):
+        t = np.asarray(p["time_s"], dtype=float)
+        pm, plo, phi = (np.asarray(a, dtype=float) for a in p["prior"])
+        qm, qlo, qhi = (np.asarray(a, dtype=float) for a in p["posterior"])
+        ax.fill_between(t, plo, phi, color="0.6", alpha=0.25, lw=0, label="prior 95% band")
+        ax.plot(t, pm, color="0.45", lw=1.0, ls="--", label="prior mean")
+        ax.fill_between(t, qlo, qhi, color="C0", alpha=0.3, lw=0, label="adapted 95% band")
+        ax.plot(t, qm, color="C0", lw=1.6, label="adapted (MAP)")
+        td = np.asarray(p["data_time_s"], dtype=float)
+        td = np.where(td > 0, td, t[0])
+        ax.errorbar(td, p["data_fraction"], yerr=p.get("data_std"), fmt="o", ms=4.5,
+                    color="C3", elinewidth=0.8, capsize=2, label="measured", zorder=5)
+        ax.set_xscale("log")
+        ax.xaxis.set_minor_formatter(NullFormatter())
+        ax.set_ylim(-0.05, 1.1)
+        ax.set_xlabel("time (s)")
+        ax.set_ylabel("fraction transformed")
+        ax.set_title(textwrap.fill(str(p["label"]), 40), fontsize=7)
+    if panels:
+        axes[0].legend(fontsize=6, loc="upper left")
+    if title:
+        fig.suptitle(title)
+    return fig
+
+
+def plot_suggestion(panels: list, title: str | None = None) -> Figure:
+    """What to measure next: per curve, the adapted curve with its band and data (top), and the
+    expected posterior std of the target after one measurement at each candidate (bottom, one
+    line per candidate temperature), the best candidate marked.
+
+    Example:
+        >>> fig = plot_suggestion([(fit, ranked)])   # JMAKPriorFit, suggest_jmak_measurement table
+    """
+    n = len(panels)
+    ncols = min(4, max(1, n))
+    fig = Figure(figsize=(3.8 * ncols, 5.2), layout="constrained")
+    axes = fig.subplots(2, ncols, squeeze=False, sharex="col")
+    for j, (fit, ranked) in enumerate(panels[:ncols]):
+        top, bottom = axes[0, j], axes[1, j]
+        best = ranked.iloc[0]
+        temps = fit.temperatures()
+        for c, temp in enumerate(temps):
+            grid = fit.grid(temp)
+            band = fit.band(grid, temp)
+            color = f"C{c % 10}"
+            tag = "" if temp is None else f" {temp:g} K"
+            top.fill_between(grid, band["lower"], band["upper"], color=color, alpha=0.25, lw=0)
+            top.plot(grid, band["map"], color=color, lw=1.4, label="adapted" + tag)
+            sel = slice(None) if temp is None else np.isclose(fit.temperature_K, temp)
+            td = fit.time_s[sel]
+            top.plot(np.where(td > 0, td, grid[0]), fit.fraction[sel], "o", ms=4, color=color)
+        if "temperature_K" in ranked.columns:
+            for c, (temp, part) in enumerate(ranked.groupby("temperature_K", sort=True)):
+                part = part.sort_values("time_s")
+                bottom.plot(part["time_s"], part["target_sd_after"], color=f"C{c % 10}",
+                            lw=1.2, label=f"{temp:g} K")
+        else:
+            part = ranked.sort_values("time_s")
+            bottom.plot(part["time_s"], part["target_sd_after"], color="C0", lw=1.2)
+        bottom.axhline(float(best["target_sd_now"]), color="0.5", ls=":", lw=1,
+                       label="sd now")
+        for ax in (top, bottom):
+            ax.axvline(float(best["time_s"]), color="C3", lw=1, ls="--")
+            ax.set_xscale("log")
+            ax.xaxis.set_minor_formatter(NullFormatter())
+        top.set_ylim(-0.05, 1.1)
+        top.set_ylabel("fraction transformed")
+        top.set_title(textwrap.fill(fit.label, 40), fontsize=7)
+        bottom.set_xlabel("time of the next measurement (s)")
+        bottom.set_ylabel(f"expected sd of {best['target_scale']}")
+        bottom.legend(fontsize=6)
+        top.legend(fontsize=6, loc="upper left")
+    for j in range(len(panels[:ncols]), ncols):
+        axes[0, j].set_visible(False)
+        axes[1, j].set_visible(False)
+    if title:
+        fig.suptitle(title)
     return fig
