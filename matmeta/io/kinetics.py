@@ -104,16 +104,20 @@ class KineticsTable:
                   [(dict(zip(cols, (_plain(k) for k in (key if isinstance(key, tuple)
                                                         else (key,))), strict=False)), rows)
                    for key, rows in self.data.groupby(cols, sort=True, dropna=False)])
+        # A group of several isotherms (by_temperature=False) is in order when each isotherm's
+        # times increase; isotherms following one another is not a disorder.
+        within = ["temperature_K"] if self.has_temperature and "temperature_K" not in cols else []
         out = []
         for key, rows in groups:
-            t = rows["time_s"].to_numpy()
-            if len(t) > 1 and (np.diff(t) < 0).any():
+            ordered = rows.sort_values([*within, "time_s"], kind="stable")
+            unsorted = any((np.diff(part["time_s"].to_numpy()) < 0).any() for _, part in
+                           (rows.groupby(within, sort=False) if within else [(None, rows)]))
+            if unsorted:
                 lines = rows["row"].to_numpy()
                 warnings.warn(f"{self.describe_curve(key)} (rows {lines.min()}-{lines.max()}): "
                               "times are not in increasing order; sorted by time",
                               UnsortedTimesWarning, stacklevel=2)
-                rows = rows.sort_values("time_s", kind="stable")
-            out.append((key, rows))
+            out.append((key, ordered if (unsorted or within) else rows))
         return out
 
     def describe_curve(self, key: dict[str, Any]) -> str:
