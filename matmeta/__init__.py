@@ -21,9 +21,11 @@ from matmeta._version import __version__ as __version__
 
 # public name -> module that defines it
 _EXPORTS: dict[str, str] = {
+    "adapt": "matmeta.workflows",
     "adapt_and_predict": "matmeta.meta",
     "adapt_parametric": "matmeta.bayes",
     "adapt_params": "matmeta.meta",
+    "AdaptedModel": "matmeta.workflows",
     "Arrhenius": "matmeta.models.parametric",
     "ArrheniusJMAK": "matmeta.models.parametric",
     "BayesianLinearHead": "matmeta.bayes",
@@ -62,7 +64,9 @@ _EXPORTS: dict[str, str] = {
     "JMAK": "matmeta.models.parametric",
     "JMAKPriorFit": "matmeta.workflows._kinetics",
     "learn_prior": "matmeta.bayes",
+    "load_adapted": "matmeta.workflows",
     "load_builtin": "matmeta.io",
+    "load_families": "matmeta.meta",
     "load_meta": "matmeta.meta",
     "load_model": "matmeta.models",
     "load_predictor": "matmeta.training",
@@ -71,6 +75,7 @@ _EXPORTS: dict[str, str] = {
     "MetaSettings": "matmeta.meta",
     "MetaTrainSettings": "matmeta.meta",
     "MLP": "matmeta.models._mlp",
+    "pack_composition_inputs": "matmeta.models._composition",
     "ParametricModel": "matmeta.models.parametric",
     "ParametricPriorHead": "matmeta.bayes",
     "parse_composition": "matmeta.io",
@@ -86,6 +91,7 @@ _EXPORTS: dict[str, str] = {
     "Samples": "matmeta.models",
     "save_model": "matmeta.models",
     "score_predictions": "matmeta.bayes",
+    "screen": "matmeta.workflows",
     "seed_everything": "matmeta.config",
     "set_threads": "matmeta.config",
     "split_families": "matmeta.meta",

@@ -15,12 +15,19 @@ algorithms:
   anil     adapt only the head (--trainable for other subsets, e.g. ln_n of a JMAK law)
   imaml    implicit MAML (proximal inner problem, conjugate-gradient meta-gradient;
            memory independent of inner steps)
+  bayes_linear  composition/cgcnn: adaptation fits a Bayesian linear head on the last hidden
+           layer in closed form (prior and noise precision per task by marginal likelihood,
+           --inner-steps Newton steps); meta-trained on the query log predictive density
+           (--head-loss mse: query MSE); predictions come with a std
+  gp       the same with a Gaussian-process head (--kernel rbf or matern52, plus a linear part)
 
 data:
   jmak            kinetics table (dataset_id, temperature_K, time_s, fraction): one family per
                   isotherm, split by grade
   arrhenius_jmak  the same table, one family per grade (inputs time_s and temperature_K)
   mlp             a table of numeric --features and a --target, families from --family
+  composition     an alloy table: --composition-column (e.g. Al0.5CoCrFeNi), --target, optional
+                  --process-columns (test temperature, test type...); families = element systems
   cgcnn | gnn     a structure table (CIF text / pymatgen dicts) with a --target
 
 A TOML file (--config) may set any option below by its long name with '_' for '-'
@@ -28,9 +35,15 @@ A TOML file (--config) may set any option below by its long name with '_' for '-
 flags given on the command line override the file. Every setting is recorded in the
 checkpoint.
 
-example:
+With --members N (N >= 2) an ensemble of N meta-learned initialisations is trained together
+(vmapped over members); `matmeta adapt` then gives every prediction a spread and a 90% interval.
+
+examples:
   matmeta meta-train --data tungsten_recrystallization.csv --model jmak --algorithm maml \\
       --k-shot 3 --q-query 3 --steps 500 --out meta.pt --prior prior.json
+  matmeta meta-train --model composition --data mpea_alloys.csv --target "PROPERTY: YS (MPa)" \\
+      --composition-column FORMULA --process-columns "PROPERTY: Test temperature ($^\\circ$C)" \\
+      --members 5 --out meta.pt
 """
 
 # option -> built-in default (None: decided later from the model kind)
@@ -43,8 +56,10 @@ DEFAULTS = {
     "clip": None, "val_families": 0.2, "test_families": 0.0, "val_every": 50, "val_tasks": 32,
     "checkpoint_every": 100, "plot": None, "prior": None, "dtype": "float32",
     "hidden": None, "fraction_tolerance": 0.0, "allow_negative_time": None,
+    "composition_column": None, "process_columns": None, "members": 1,
+    "head_loss": "nlpd", "kernel": "rbf",
 }
-MODELS = ("arrhenius_jmak", "cgcnn", "gnn", "jmak", "mlp")
+MODELS = ("arrhenius_jmak", "cgcnn", "composition", "gnn", "jmak", "mlp")
 
 
 def add_parser(subparsers) -> None:
@@ -56,7 +71,8 @@ def add_parser(subparsers) -> None:
     p.add_argument("--data", required=True, help="input table (.csv or .json, .gz allowed)")
     p.add_argument("--model", required=True, choices=MODELS, help="model kind")
     p.add_argument("--algorithm", default=None,
-                   help="maml, fomaml, reptile, metasgd, anil or imaml [default: maml]")
+                   help="maml, fomaml, reptile, metasgd, anil, imaml, bayes_linear or gp "
+                        "[default: maml]")
     p.add_argument("--out", required=True, help="meta checkpoint to write (e.g. meta.pt)")
     p.add_argument("--config", default=None, help="TOML file of settings (flags override it)")
     p.add_argument("--resume", action="store_true",
@@ -69,11 +85,18 @@ def add_parser(subparsers) -> None:
     g = p.add_argument_group("data and families")
     g.add_argument("--family", default=None,
                    help="family column, or anion | anion_set | element_system (from the formula "
-                        "column) [default: dataset_id for kinetics, family otherwise]")
+                        "or composition column) [default: dataset_id for kinetics, "
+                        "element_system for alloy tables, family otherwise]")
     g.add_argument("--target", default=None, help="target column, units in its name")
     g.add_argument("--features", default=None, help="comma-separated MLP feature columns")
     g.add_argument("--formula-column", default=None, help="formula column [default: formula]")
     g.add_argument("--structure-column", default=None, help="structure column (graph models)")
+    g.add_argument("--composition-column", default=None,
+                   help="composition column of an alloy table (composition model; mlp: atomic "
+                        "fractions become the features) [default: composition]")
+    g.add_argument("--process-columns", default=None,
+                   help="composition model: comma-separated process columns used as inputs "
+                        "(numbers are standardised, text is one-hot), e.g. a test temperature")
     g.add_argument("--target-transform", default=None,
                    choices=("identity", "standardize", "log10_standardize"),
                    help="target transform fitted on meta-train families [default: "
@@ -108,6 +131,12 @@ def add_parser(subparsers) -> None:
                    help="implicit MAML regulariser lambda [1.0]")
     g.add_argument("--cg-steps", type=int, default=None,
                    help="conjugate-gradient iterations (imaml) [10]")
+    g.add_argument("--head-loss", default=None, choices=("nlpd", "mse"),
+                   help="bayes_linear/gp: query loss meta-trained on, log predictive density "
+                        "(nats) or squared error [nlpd]")
+    g.add_argument("--kernel", default=None, choices=("rbf", "matern52"),
+                   help="gp: stationary kernel on the learned features (plus a linear part) "
+                        "[rbf]")
     g.add_argument("--batching", default=None, choices=("auto", "vmap", "loop"),
                    help="process tasks with vmap or a loop [auto]")
     g = p.add_argument_group("outer loop")
@@ -120,6 +149,9 @@ def add_parser(subparsers) -> None:
     g = p.add_argument_group("model and outputs")
     g.add_argument("--hidden", default=None,
                    help="hidden widths, comma-separated (mlp: 40,40; cgcnn: its width)")
+    g.add_argument("--members", type=int, default=None,
+                   help="ensemble members trained together (>= 2 gives predictive intervals) "
+                        "[default: 1, a single model]")
     g.add_argument("--dtype", default=None, choices=("float32", "float64"),
                    help="tensor precision [float32]")
     g.add_argument("--plot", default=None,
@@ -186,7 +218,6 @@ def run(args: argparse.Namespace) -> int:
     import sys
     from pathlib import Path
 
-    import pandas as pd
     import torch
 
     from matmeta.cli.common import setup_runtime
@@ -194,13 +225,12 @@ def run(args: argparse.Namespace) -> int:
     from matmeta.meta import (
         MetaSettings,
         MetaTrainSettings,
-        families_from_table,
         init_distributed,
         meta_train,
         split_families,
         write_prior,
     )
-    from matmeta.meta._data import PARAMETRIC, transform_families
+    from matmeta.meta._data import PARAMETRIC, load_families, transform_families
 
     opts, model_cfg, feat_cfg = _settings(args)
     device = setup_runtime(args)
@@ -209,6 +239,9 @@ def run(args: argparse.Namespace) -> int:
         raise InputError(f"--out {out} exists; pass --resume to continue it or --overwrite")
     kind = "cgcnn" if args.model == "gnn" else args.model
     dtype = getattr(torch, opts["dtype"])
+    if int(opts["members"] or 1) > 1 and (opts["prior"] or kind in PARAMETRIC):
+        raise InputError("--members is for property models (composition, mlp, cgcnn); kinetics "
+                         "get their uncertainty from `matmeta jmak fit --prior`")
     if opts["prior"] and kind not in PARAMETRIC:
         # refused before training: not after a long run with its checkpoint already written
         raise InputError(f"--prior is for parametric models (jmak, arrhenius_jmak), not "
@@ -222,7 +255,8 @@ def run(args: argparse.Namespace) -> int:
         eval_inner_steps=(None if opts["eval_inner_steps"] is None
                           else int(opts["eval_inner_steps"])),
         trainable=comma_list(opts["trainable"]), proximal=float(opts["proximal"]),
-        cg_steps=int(opts["cg_steps"]), batching=str(opts["batching"]))
+        cg_steps=int(opts["cg_steps"]), batching=str(opts["batching"]),
+        head_loss=str(opts["head_loss"]), kernel=str(opts["kernel"]))
     train = MetaTrainSettings(
         steps=int(opts["steps"]), meta_batch=int(opts["meta_batch"]), k_shot=int(opts["k_shot"]),
         q_query=int(opts["q_query"]), outer_optimizer=str(opts["outer_optimizer"]),
@@ -231,42 +265,27 @@ def run(args: argparse.Namespace) -> int:
         val_every=int(opts["val_every"]), val_tasks=int(opts["val_tasks"]),
         checkpoint_every=int(opts["checkpoint_every"]), seed=int(args.seed))
 
+    members = int(opts["members"] or 1)
+    if members < 1:
+        raise InputError(f"--members {members}: expected a positive number of members")
     featurizer = None
-    if kind in PARAMETRIC:
-        from matmeta.io.kinetics import read_kinetics_table
-
-        table = read_kinetics_table(args.data,
-                                    fraction_tolerance=float(opts["fraction_tolerance"]),
-                                    allow_negative_time=bool(opts["allow_negative_time"]),
-                                    require_temperature=True)
-        df = table.data.set_index("row")
-        if opts["family"] is None:
-            opts["family"] = table.group_columns[0] if table.group_columns else "dataset_id"
-    elif kind == "mlp":
-        path = Path(args.data)
-        if not path.is_file():
-            raise InputError(f"--data {path}: no such file")
-        name = path.name.lower().removesuffix(".gz")
-        try:
-            df = pd.read_json(path) if name.endswith(".json") else pd.read_csv(path)
-        except Exception as exc:  # noqa: BLE001 - pandas raises many types on bad files
-            raise InputError(f"--data {path}: cannot read the table ({exc})") from exc
-        df.attrs["source"] = str(path)
-    else:
+    if kind == "cgcnn":
         from matmeta.graphs import FeaturizerSettings
-        from matmeta.io import read_structure_table
 
         featurizer = FeaturizerSettings(**feat_cfg)
         if opts["target"] is None:
             raise InputError("graph models need --target (the column to learn, units in its name)")
-        df = read_structure_table(args.data, structure_column=opts["structure_column"],
-                                  target_column=opts["target"])
-    families = families_from_table(
-        df, kind, family=opts["family"], target=opts["target"],
-        features=comma_list(opts["features"]), formula_column=opts["formula_column"],
-        structure_column=opts["structure_column"] or "structure", featurizer=featurizer,
-        dtype=dtype, source=str(args.data),
+    data = load_families(
+        args.data, kind, target=opts["target"], family=opts["family"],
+        composition_column=opts["composition_column"],
+        process_columns=comma_list(opts["process_columns"]),
+        structure_column=opts["structure_column"], features=comma_list(opts["features"]),
+        formula_column=opts["formula_column"], featurizer=featurizer, dtype=dtype,
+        fraction_tolerance=float(opts["fraction_tolerance"]),
         allow_negative_time=bool(opts["allow_negative_time"]))
+    for note in data.notes:
+        print(f"note: {note}", file=sys.stderr)
+    families = data.families
     train_f, val_f, test_f = split_families(
         families, val=_split_spec(opts["val_families"]), test=_split_spec(opts["test_families"]),
         seed=int(args.seed))
@@ -275,8 +294,8 @@ def run(args: argparse.Namespace) -> int:
     if kind not in PARAMETRIC:
         from matmeta.models._transforms import TargetTransform
 
-        tkind = opts["target_transform"] or ("standardize" if kind == "mlp"
-                                             else "log10_standardize")
+        tkind = opts["target_transform"] or ("log10_standardize" if kind == "cgcnn"
+                                             else "standardize")
         tt = TargetTransform.fit(torch.cat([f.y for f in train_f]), kind=tkind,
                                  name=f"{args.data}, column {opts['target']!r}")
         train_f, val_f, test_f = (transform_families(x, tt) for x in (train_f, val_f, test_f))
@@ -291,6 +310,15 @@ def run(args: argparse.Namespace) -> int:
             model_cfg["hidden"] = [int(h) for h in hidden]
     elif kind == "cgcnn":
         model_cfg = {"n_basis": featurizer.n_basis, **model_cfg}
+        if hidden:
+            model_cfg["hidden"] = int(hidden[0])
+    elif kind == "composition":
+        # The element vocabulary is the meta-train families' elements: an element seen only in
+        # a validation or test family keeps a zero embedding and is described by descriptors.
+        names = {f.name for f in train_f}
+        rows = data.table[data.table["family"].isin(names)]
+        model_cfg = {"elements": sorted({e for fr in rows["fractions"] for e in fr}),
+                     "process": data.spec["process"], "dtype": opts["dtype"], **model_cfg}
         if hidden:
             model_cfg["hidden"] = int(hidden[0])
     model = build_model(kind, model_cfg)
@@ -310,10 +338,30 @@ def run(args: argparse.Namespace) -> int:
         "families": {"train": [f.name for f in train_f], "val": [f.name for f in val_f],
                      "test": [f.name for f in test_f]},
         "world_size": world,
+        "data_spec": data.spec,
+        "units": data.units,
     }
-    result = meta_train(model, train_f, val_f, settings=settings, train=train, device=device,
-                        out=out, resume=args.resume, progress=not args.no_progress and None,
-                        extra=extra, init_params=init)
+    if kind not in PARAMETRIC:
+        from matmeta.workflows._screen import build_family_index
+
+        extra["family_index"] = build_family_index(data.table, data.spec,
+                                                   [f.name for f in train_f])
+    progress = not args.no_progress and None
+    if members > 1:
+        from matmeta.meta._ensemble import meta_train_ensemble, stack_params
+
+        # member m starts from seed + m (the ensemble's own rule), in the requested precision
+        stacked = stack_params([
+            {k: v.to(dtype) for k, v in model.init_params(
+                torch.Generator().manual_seed(int(args.seed) + m)).items()}
+            for m in range(members)])
+        result = meta_train_ensemble(model, train_f, val_f, members=members, settings=settings,
+                                     train=train, device=device, out=out, resume=args.resume,
+                                     progress=progress, extra=extra, init_params=stacked)
+    else:
+        result = meta_train(model, train_f, val_f, settings=settings, train=train,
+                            device=device, out=out, resume=args.resume, progress=progress,
+                            extra=extra, init_params=init)
     if rank != 0:
         return 0
     from matmeta.plots._meta import plot_meta_history
@@ -326,9 +374,12 @@ def run(args: argparse.Namespace) -> int:
         wrote.append(str(write_prior(result, train_f, opts["prior"])))
     last = result.history[-1] if result.history else {}
     val = [h["val_loss"] for h in result.history if "val_loss" in h]
-    print(f"meta-trained {model.name} with {settings.algorithm}: {train.steps} meta-steps, "
+    what = f"{members} members of " if members > 1 else ""
+    print(f"meta-trained {what}{model.name} with {settings.algorithm}: {train.steps} meta-steps, "
           f"{len(train_f)} train / {len(val_f)} val / {len(test_f)} test families; "
           f"last meta-train loss {last.get('train_loss', float('nan')):.4g}"
           + (f", meta-validation loss {val[-1]:.4g}" if val else "")
+          + (f", calibrated noise std {result.noise_std:.3g} (model space)"
+             if members > 1 else "")
           + f"; wrote {', '.join(wrote)}", file=sys.stdout)
     return 0

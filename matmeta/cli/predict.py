@@ -1,4 +1,5 @@
-"""``matmeta predict``: predictions of a trained property model for candidate structures."""
+"""``matmeta predict``: predictions of a trained property model for candidate structures, or of
+an adapted model (``matmeta adapt``) for candidate compositions or structures, ranked for a goal."""
 
 from __future__ import annotations
 
@@ -7,7 +8,7 @@ import sys
 
 from matmeta.cli.common import add_runtime_options, setup_runtime
 
-HELP = "predict a property for structures with a model from `matmeta train`"
+HELP = "predict and rank candidates with an adapted model, or structures with a trained model"
 
 DESCRIPTION = """\
 Predict a property for candidate structures with a checkpoint written by `matmeta train`.
@@ -18,19 +19,43 @@ target the model was trained on (e.g. bulk_modulus_GPa).
 Structures are files (CIF, POSCAR/CONTCAR/.vasp, .xyz/.extxyz, pymatgen .json; optionally .gz)
 or folders of them, or the rows of a table (--table).
 
-Example:
+With an adapted folder (`matmeta adapt --out adapted/`) as --model, the candidates are a CSV of
+compositions (the composition column the model was trained with, plus its process columns), or
+for graph models a folder of CIF/POSCAR files or a CSV with a structure column. The output has,
+per candidate: id, row (the file line) and process columns for alloy tables, the prediction in
+the target's units (a column named after the target), for an ensemble or a Bayesian head the
+std and a central 90% interval (<target>_low90, <target>_high90), the meta-learned initial
+model's prediction, rank for --goal, and the nearest training family with its distance
+(total-variation distance between atomic fractions, 0 = same composition, 1 = no element in
+common). Ranking uses the predicted mean; the interval is shown beside it. --out FOLDER writes
+ranked.csv, ranked.png and report.md (published whole); --out FILE.csv writes the CSV only.
+
+Examples:
   matmeta predict --model model.pt candidates/ extra.cif --out preds.csv
   matmeta predict --model model.pt --table candidates.csv --structure-column cif --json \\
-      --out preds.json"""
+      --out preds.json
+  matmeta predict --model adapted/ --candidates candidates.csv --goal max --out screen/
+  matmeta predict --model adapted/ --candidates candidates.csv --goal 850 --out ranked.csv"""
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
     p = subparsers.add_parser("predict", help=HELP, description=DESCRIPTION,
                               formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("structures", nargs="*", metavar="STRUCTURE",
-                   help="structure files or folders of them")
-    p.add_argument("--model", required=True, metavar="MODEL.pt",
-                   help="checkpoint written by `matmeta train`")
+                   help="structure files or folders of them (models from `matmeta train`)")
+    p.add_argument("--model", required=True, metavar="MODEL.pt|ADAPTED/",
+                   help="checkpoint written by `matmeta train`, or a folder written by "
+                        "`matmeta adapt`")
+    p.add_argument("--candidates", metavar="CSV|FOLDER", default=None,
+                   help="adapted models: candidate compositions (CSV) or structures (a folder "
+                        "of CIF/POSCAR files, or a CSV with a structure column)")
+    p.add_argument("--goal", default="max",
+                   help="adapted models: rank for max, min, or a target VALUE in the target's "
+                        "units (closest first) [default: max]")
+    p.add_argument("--uncertainty", action="store_true",
+                   help="adapted models: require intervals (an error for a single model)")
+    p.add_argument("--top", type=int, default=30,
+                   help="adapted models: candidates shown in the plot and report [30]")
     p.add_argument("--table", metavar="TABLE", default=None,
                    help="a .csv/.json table whose rows hold structures (instead of files)")
     p.add_argument("--structure-column", metavar="COLUMN", default=None,
@@ -65,6 +90,13 @@ def run(args: argparse.Namespace) -> int:
     from matmeta.training import predict_structures
 
     device = setup_runtime(args)
+    from pathlib import Path
+
+    if Path(args.model).is_dir():
+        return _run_adapted(args, device)
+    if args.candidates is not None:
+        raise InputError(f"--candidates is for adapted models (a folder from `matmeta adapt`); "
+                         f"{args.model} is a file: give structures or --table")
     if args.table and args.structures:
         raise InputError("give structure files/folders or --table, not both")
     if not args.table and not args.structures:
@@ -111,4 +143,48 @@ def run(args: argparse.Namespace) -> int:
               file=sys.stderr)
     else:
         sys.stdout.write(text)
+    return 0
+
+
+def _run_adapted(args: argparse.Namespace, device) -> int:
+    from pathlib import Path
+
+    from matmeta.errors import InputError
+    from matmeta.workflows._adapt import load_adapted
+    from matmeta.workflows._screen import parse_goal, screen
+
+    goal = parse_goal(args.goal)
+    if args.table:
+        raise InputError("--table is for models from `matmeta train`; give an adapted model's "
+                         "candidates with --candidates")
+    candidates = args.candidates
+    if candidates is None:
+        if len(args.structures) != 1:
+            raise InputError("no candidates: give --candidates CSV (or one folder of "
+                             "structures)")
+        candidates = args.structures[0]
+    elif args.structures:
+        raise InputError("give the candidates once: --candidates or a structure folder")
+    adapted = load_adapted(args.model, map_location=device)
+    out = Path(args.out) if args.out else None
+    folder = out if out is not None and out.suffix.lower() != ".csv" else None
+    ranked = screen(adapted, candidates, folder, goal=goal, uncertainty=args.uncertainty,
+                    top=args.top)
+    if args.json:
+        from matmeta.checkpoint import dumps_json
+
+        text = dumps_json({"model": str(args.model), "target": adapted.target, "goal": goal,
+                           "predictions": ranked.to_dict(orient="records")}) + "\n"
+    else:
+        text = ranked.to_csv(index=False)
+    if out is not None and folder is None:
+        from matmeta.checkpoint import atomic_write_text
+
+        atomic_write_text(out, text)
+    elif out is None:
+        sys.stdout.write(text)
+    if out is not None:
+        best = ranked.iloc[0]
+        print(f"ranked {len(ranked)} candidate(s) for {adapted.target} (goal {goal}); best "
+              f"{best['id']} at {best[adapted.target]:.4g}; wrote {out}", file=sys.stderr)
     return 0

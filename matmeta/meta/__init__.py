@@ -12,7 +12,16 @@ from matmeta.meta._algorithms import (
     query_losses,
     task_meta_gradient,
 )
-from matmeta.meta._data import GROUPINGS, families_from_table, family_keys, transform_families
+from matmeta.meta._data import (
+    GROUPINGS,
+    LoadedData,
+    encode_rows,
+    families_from_table,
+    family_keys,
+    load_families,
+    read_rows,
+    transform_families,
+)
 from matmeta.meta._evaluate import (
     DEFAULT_SHOTS,
     EVAL_METHODS,
@@ -46,6 +55,10 @@ from matmeta.meta._train import (
 )
 
 __all__ = [
+    "encode_rows",
+    "LoadedData",
+    "load_families",
+    "read_rows",
     "adapt_and_predict",
     "adapt_params",
     "ALGORITHMS",

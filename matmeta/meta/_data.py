@@ -16,7 +16,10 @@ Example:
 
 from __future__ import annotations
 
+import os
 from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -26,7 +29,8 @@ import torch
 from matmeta.errors import InputError, where
 from matmeta.meta._tasks import Family, anion_set, element_system, most_electronegative_element
 
-__all__ = ["families_from_table", "family_keys", "transform_families", "GROUPINGS"]
+__all__ = ["families_from_table", "family_keys", "transform_families", "GROUPINGS",
+           "LoadedData", "load_families", "read_rows", "encode_rows", "MODEL_KINDS"]
 
 # grouping name -> function of a formula string
 GROUPINGS = {
@@ -264,3 +268,371 @@ def transform_families(families: list[Family], transform: Any) -> list[Family]:
         out.append(Family(f.name, f.inputs, y.to(f.y.dtype), f.weight, f.group, f.featurizer,
                           f.rows))
     return out
+
+
+# ---------------------------------------------------------------------------------------------
+# One loader for "a table file -> families + model kind + how the table was read"
+# ---------------------------------------------------------------------------------------------
+
+MODEL_KINDS = ("arrhenius_jmak", "cgcnn", "composition", "jmak", "mlp")
+
+
+@dataclass
+class LoadedData:
+    """A table read for one model kind: its families, and how to read more rows the same way.
+
+    Attributes:
+        families: one :class:`Family` per family, sorted by name (targets in their units; fit a
+            target transform on the meta-train families and map them with
+            :func:`transform_families`).
+        model: the registry name of the model kind (``"composition"``, ``"cgcnn"``, ...).
+        table: the validated table (one row per sample, in the order of the file).
+        spec: plain data saying how the table was read (kind, target, composition and process
+            columns with their encoding, structure column, features, family grouping,
+            featurizer). A checkpoint stores it, so a support or candidate file is later read and
+            encoded exactly like the training data (:func:`read_rows`, :func:`encode_rows`).
+        units: the target's name as shown in reports (units in it).
+        notes: what was dropped or assumed while reading, one line each.
+    """
+
+    families: list[Family]
+    model: str
+    table: pd.DataFrame
+    spec: dict[str, Any]
+    units: str
+    notes: list[str] = field(default_factory=list)
+
+
+def load_families(path: str | os.PathLike, model: str, *, target: str | None = None,
+                  family: str | None = None, composition_column: str | None = None,
+                  process_columns: Sequence[str] | None = None,
+                  structure_column: str | None = None, features: Sequence[str] | None = None,
+                  formula_column: str = "formula", featurizer: Any = None,
+                  dtype: torch.dtype = torch.float32, fraction_tolerance: float = 0.0,
+                  allow_negative_time: bool = False, min_family_size: int = 1,
+                  drop_missing_target: bool = True) -> LoadedData:
+    """Read a table file into families for the model kind ``model``.
+
+    ``matmeta meta-train`` and ``matmeta evaluate`` read their ``--data`` through this one
+    function, so a family means the same rows in both, and the returned ``spec`` lets
+    ``matmeta adapt`` read a support file the same way.
+
+    Example:
+        >>> data = load_families("mpea_alloys.csv", "composition",
+        ...                      target="PROPERTY: YS (MPa)", composition_column="FORMULA",
+        ...                      process_columns=["PROPERTY: Test temperature ($^\\\\circ$C)"])
+        >>> len(data.families), data.spec["process"]      # element systems, process encoding
+        >>> data = load_families("tungsten.csv", "jmak")   # one family per isotherm
+
+    Args:
+        path: a CSV file (``.json`` for structure tables and MLP tables; ``.gz`` allowed).
+        model: ``composition`` (alloy compositions + process columns), ``cgcnn`` (or ``gnn``:
+            structures), ``mlp`` (numeric feature columns; with ``composition_column``, the atomic
+            fractions become the features), ``jmak`` or ``arrhenius_jmak`` (kinetics tables).
+        target: the target column (units in its name); kinetics use ``fraction``.
+        family: family column, or ``anion`` / ``anion_set`` / ``element_system``; default: the
+            element system for compositions, ``dataset_id`` for kinetics, ``family`` otherwise.
+        composition_column: the column of compositions (``composition``; ``mlp`` optional).
+        process_columns: extra inputs of the composition model (numbers are standardised,
+            anything else one-hot), e.g. a test temperature.
+        structure_column: the structure column of graph tables (default: found by name).
+        features: MLP feature columns (default: every numeric column but target and family).
+        formula_column: formula column for the groupings of structure tables.
+        featurizer: :class:`~matmeta.graphs.FeaturizerSettings` for graph models (default one).
+        dtype: float dtype of the tensors.
+        fraction_tolerance, allow_negative_time: kinetics reading options.
+        min_family_size: drop families with fewer rows (said in ``notes``).
+        drop_missing_target: alloy tables: drop rows with an empty target (counted in
+            ``notes``; the MPEA table measures each property on part of its rows); otherwise
+            they are an error naming the row, as they always are in structure tables.
+
+    Returns:
+        A :class:`LoadedData`.
+
+    Raises:
+        InputError: a missing file or column, a composition that does not parse, a non-numeric
+            target, an unknown model kind; one line naming file, row and column.
+    """
+    kind = "cgcnn" if model == "gnn" else model
+    if kind not in MODEL_KINDS:
+        raise InputError(f"model kind {model!r}: expected one of {', '.join(MODEL_KINDS)}")
+    path = Path(path)
+    if not path.is_file():
+        raise InputError(f"{path}: no such file")
+    source = str(path)
+    notes: list[str] = []
+    spec: dict[str, Any] = {"kind": kind, "target": target, "family": family,
+                            "formula_column": formula_column}
+    if kind in PARAMETRIC:
+        from matmeta.io.kinetics import read_kinetics_table
+
+        table = read_kinetics_table(path, fraction_tolerance=float(fraction_tolerance),
+                                    allow_negative_time=bool(allow_negative_time),
+                                    require_temperature=True)
+        df = table.data.set_index("row")
+        family = family or (table.group_columns[0] if table.group_columns else "dataset_id")
+        spec.update(family=family, target="fraction")
+        df = _drop_small(df, family, formula_column, source, min_family_size, notes)
+        fams = families_from_table(df, kind, family=family, dtype=dtype, source=source,
+                                   allow_negative_time=bool(allow_negative_time))
+        return LoadedData(fams, kind, df, spec, "fraction", notes)
+    if target is None:
+        raise InputError(f"model {model!r} needs a target column (--target, units in its name)")
+    if kind == "composition" or (kind == "mlp" and composition_column):
+        from matmeta.io.alloys import read_alloy_table
+
+        composition_column = composition_column or "composition"
+        family = family or "element_system"
+        # read_alloy_table's `family` is the element system, or a column of the file it names
+        column = None if family in GROUPINGS else family
+        df = read_alloy_table(path, composition_column, target, family_column=column,
+                              process_columns=list(process_columns or ()),
+                              drop_missing_target=drop_missing_target)
+        report = df.attrs.get("report", {})
+        dropped = int(report.get("dropped_missing_target", 0) or 0)
+        if dropped:
+            notes.append(f"{source}: {dropped} row(s) with an empty {target!r} dropped")
+        if family in GROUPINGS and family != "element_system":
+            df["family"] = family_keys(df, family, "composition", source).to_numpy()
+        df = df.set_index("row", drop=False)
+        df.index.name = None
+        df = _drop_small(df, "family", formula_column, source, min_family_size, notes)
+        spec.update(family=family, composition_column=composition_column,
+                    process_columns=list(process_columns or ()))
+        if kind == "composition":
+            from matmeta.models._composition import fit_process_encoding
+
+            # Fitted on every row read: process inputs only (never targets), so nothing about a
+            # held-out family's property leaks into the encoding.
+            spec["process"] = fit_process_encoding(df)
+            inputs, y = encode_rows(df, spec, dtype=dtype)
+            fams = _families(df, df["family"], inputs, y, None, dtype)
+            return LoadedData(fams, kind, df, spec, target, notes)
+        elements = sorted({e for fr in df["fractions"] for e in fr})
+        features = list(features or [f"x_{e}" for e in elements])
+        spec.update(features=features, fraction_features=True)
+        inputs, y = encode_rows(df, spec, dtype=dtype)
+        fams = _families(df, df["family"], inputs, y, None, dtype)
+        return LoadedData(fams, kind, df, spec, target, notes)
+    family = family or "family"
+    spec["family"] = family
+    if kind == "cgcnn":
+        from matmeta.graphs import FeaturizerSettings
+        from matmeta.io import read_structure_table
+
+        featurizer = featurizer or FeaturizerSettings()
+        # a structure row with a bad target is an error naming the row, as everywhere else
+        df = read_structure_table(path, structure_column=structure_column, target_column=target)
+        spec.update(structure_column=structure_column, featurizer=featurizer.to_dict())
+        df = _drop_small(df, family, formula_column, source, min_family_size, notes)
+        fams = families_from_table(df, "cgcnn", family=family, target=target,
+                                   formula_column=formula_column, featurizer=featurizer,
+                                   dtype=dtype, source=source)
+        return LoadedData(fams, kind, df, spec, target, notes)
+    df = _read_plain_table(path)
+    df = _drop_small(df, family, formula_column, source, min_family_size, notes)
+    if features is None:
+        skip = {target, family, formula_column}
+        features = [c for c in df.columns if c not in skip
+                    and pd.api.types.is_numeric_dtype(df[c])]
+    spec["features"] = list(features)
+    fams = families_from_table(df, "mlp", family=family, target=target, features=features,
+                               formula_column=formula_column, dtype=dtype, source=source)
+    return LoadedData(fams, kind, df, spec, target, notes)
+
+
+def _read_plain_table(path: Path) -> pd.DataFrame:
+    name = path.name.lower().removesuffix(".gz")
+    try:
+        df = pd.read_json(path) if name.endswith(".json") else pd.read_csv(path)
+    except Exception as exc:  # noqa: BLE001 - pandas raises many types on bad files
+        raise InputError(f"{path}: cannot read the table ({' '.join(str(exc).split())[:120]})"
+                         ) from exc
+    df.attrs["source"] = str(path)
+    return df
+
+
+def _drop_small(df: pd.DataFrame, family: str, formula_column: str, source: str,
+                min_size: int, notes: list[str]) -> pd.DataFrame:
+    if min_size <= 1:
+        return df
+    keys = family_keys(df, family, formula_column, source)
+    counts = keys.value_counts()
+    keep = (keys.map(counts) >= min_size).to_numpy()
+    if not keep.any():
+        raise InputError(f"min_family_size {min_size}: no family is that large (largest "
+                         f"{counts.index[0]!r} with {int(counts.iloc[0])} rows)")
+    notes.append(f"min_family_size {min_size}: kept {int((counts >= min_size).sum())} of "
+                 f"{len(counts)} families ({int(keep.sum())} of {len(df)} rows)")
+    return df[keep]
+
+
+def _families(df: pd.DataFrame, keys: Any, inputs: torch.Tensor, y: torch.Tensor,
+              weight: torch.Tensor | None, dtype: torch.dtype) -> list[Family]:
+    rows = list(df.index)
+    key_arr = np.asarray(list(keys), dtype=object)
+    out = []
+    for name in sorted(set(key_arr.tolist())):
+        idx = np.flatnonzero(key_arr == name)
+        sel = torch.as_tensor(idx, dtype=torch.long)
+        out.append(Family(str(name), inputs[sel], y[sel].to(dtype),
+                          None if weight is None else weight[sel], rows=[
+                              r.item() if isinstance(r, np.generic) else r
+                              for r in (rows[i] for i in idx)]))
+    return out
+
+
+def read_rows(source: str | os.PathLike | pd.DataFrame, spec: dict[str, Any], *,
+              with_target: bool = True, what: str = "table") -> pd.DataFrame:
+    """Read a support or candidate file the way the training table was read (``spec``).
+
+    Example:
+        >>> ck = load_meta("meta.pt")
+        >>> support = read_rows("lab.csv", ck.extra["data_spec"])            # with the target
+        >>> cands = read_rows("candidates.csv", spec, with_target=False)     # compositions only
+
+    Args:
+        source: a CSV/JSON file, a folder of structure files or a list of files (graph models,
+            candidates only), or a DataFrame.
+        spec: ``LoadedData.spec`` as stored in a checkpoint.
+        with_target: require the target column (support sets); candidates need none.
+        what: how the file is called in messages (``"--support"``).
+
+    Returns:
+        The validated table, with an ``id`` column naming each row (the composition as written,
+        the structure's file, or the id column of the file).
+
+    Raises:
+        InputError: a missing target or input column, an unparsable composition or structure,
+            no usable rows; one line naming file, row and column.
+    """
+    kind = spec["kind"]
+    target = spec.get("target") if with_target else None
+    label = source if isinstance(source, pd.DataFrame) else Path(source)
+    name = "<DataFrame>" if isinstance(source, pd.DataFrame) else str(source)
+    if not isinstance(source, pd.DataFrame) and not Path(source).exists():
+        raise InputError(f"{what} {name}: no such file or folder")
+    if kind in PARAMETRIC:
+        raise InputError(f"{kind} models adapt to kinetics data with `matmeta jmak fit --prior`, "
+                         "not through candidate tables")
+    if with_target and not target:
+        raise InputError(f"{what} {name}: the model records no target column")
+    if kind == "composition" or spec.get("fraction_features"):
+        from matmeta.io.alloys import read_alloy_table
+
+        col = spec.get("composition_column") or "composition"
+        table = label if isinstance(label, pd.DataFrame) else _plain_or_error(label, what)
+        _need_columns(table, [col] + ([target] if target else [])
+                      + list(spec.get("process_columns") or []), name, what)
+        df = read_alloy_table(label, col, target,
+                              process_columns=({s["column"]: s["kind"]
+                                                for s in spec.get("process") or []}
+                                               or list(spec.get("process_columns") or [])))
+        df.insert(0, "id", df["composition"].astype(str))
+        return df
+    if kind == "cgcnn":
+        from matmeta.io import read_structure_table, read_structures
+
+        path = None if isinstance(label, pd.DataFrame) else Path(label)
+        if path is not None and (path.is_dir() or path.suffix.lower() not in (
+                ".csv", ".json", ".gz")):
+            if with_target:
+                raise InputError(f"{what} {name}: a support set needs targets; give a table "
+                                 f"with a structure column and a {spec.get('target')!r} column")
+            crystals = read_structures(path)
+            df = pd.DataFrame({"id": [c.source for c in crystals], "structure": crystals})
+            df.attrs["source"] = name
+            return df
+        if path is not None:
+            _need_columns(_plain_or_error(path, what), [target] if target else [], name, what)
+        df = read_structure_table(label, structure_column=spec.get("structure_column"),
+                                  target_column=target)
+        ids = [getattr(c, "source", str(i)) for i, c in enumerate(df["structure"])]
+        df.insert(0, "id", ids)
+        return df
+    df = label.copy() if isinstance(label, pd.DataFrame) else _read_plain_table(label)
+    _need_columns(df, list(spec.get("features") or []) + ([target] if target else []), name,
+                  what)
+    if len(df) == 0:
+        raise InputError(f"{what} {name}: no rows")
+    rows = _row_numbers(df.reset_index(drop=True), name)
+    df.insert(0, "id", [str(r) for r in rows] if "id" not in df.columns
+              else df.pop("id").astype(str))
+    if "row" not in df.columns:
+        df.insert(1, "row", rows)
+    return df
+
+
+def _plain_or_error(path: Path, what: str) -> pd.DataFrame:
+    try:
+        return _read_plain_table(path)
+    except InputError as exc:
+        raise InputError(f"{what} {exc}") from exc
+
+
+def _need_columns(df: pd.DataFrame, columns: Sequence[str], name: str, what: str) -> None:
+    for col in columns:
+        if col not in df.columns:
+            raise InputError(f"{what} {name}: no column {col!r}, which the model was trained "
+                             f"with; columns are {', '.join(map(str, df.columns))}")
+
+
+def encode_rows(df: pd.DataFrame, spec: dict[str, Any], model: Any = None, *,
+                with_target: bool = True, dtype: torch.dtype = torch.float32
+                ) -> tuple[Any, torch.Tensor | None]:
+    """Model inputs and targets (in their units) for rows read by :func:`read_rows`.
+
+    Example:
+        >>> inputs, y = encode_rows(support_df, spec, model)
+        >>> model.forward(params, inputs)
+
+    Args:
+        df: the table.
+        spec: how the training table was read.
+        model: the model; for composition models its element vocabulary makes an element never
+            seen in training warn (its learned embedding is zero; the element descriptors still
+            describe it).
+        with_target: also return the target column as a float64 tensor (else None).
+        dtype: float dtype of the inputs.
+
+    Returns:
+        ``(inputs, y)``: a tensor (composition models: packed, see
+        :func:`~matmeta.models._composition.pack_composition_inputs`; MLP: features) or a
+        :class:`~matmeta.graphs.GraphBatch`, and the targets.
+    """
+    kind = spec["kind"]
+    target = spec.get("target")
+    y = None
+    if with_target:
+        # np.array copies: pandas may hand out read-only views, which torch warns about
+        y = torch.as_tensor(np.array(pd.to_numeric(df[target]), dtype=float),
+                            dtype=torch.float64)
+    if kind == "composition":
+        from matmeta.models._composition import encode_compositions, pack_composition_inputs
+
+        elements = getattr(model, "elements", None)
+        enc = encode_compositions(df, process=spec.get("process") or [], elements=elements,
+                                  dtype=dtype)
+        return pack_composition_inputs(enc), y
+    if spec.get("fraction_features"):
+        known = {c[2:] for c in spec["features"]}
+        unseen = sorted({el for fr in df["fractions"] for el in fr} - known)
+        if unseen:
+            import warnings
+
+            # the MLP has no input for them: say so rather than drop their fraction silently
+            warnings.warn(f"{df.attrs.get('report', {}).get('source', '<table>')}: element(s) "
+                          f"{', '.join(unseen)} have no fraction feature in this model (never "
+                          "seen in training); their atomic fraction is left out of its inputs",
+                          UserWarning, stacklevel=2)
+        cols = [[float(fr.get(c[2:], 0.0)) for fr in df["fractions"]] for c in spec["features"]]
+        return torch.as_tensor(np.array(cols, dtype=float).T, dtype=dtype), y
+    if kind == "cgcnn":
+        from matmeta.graphs import FeaturizerSettings, build_graphs, collate
+
+        settings = FeaturizerSettings.from_dict(spec["featurizer"])
+        graphs = build_graphs(list(df["structure"]), settings, workers=1, progress=False)
+        return collate(graphs, settings, dtype=dtype), y
+    source = str(df.attrs.get("source", "<table>"))
+    cols = [_numeric(df, c, source) for c in spec["features"]]
+    return torch.as_tensor(np.stack(cols, axis=1), dtype=dtype), y

@@ -43,6 +43,7 @@ __all__ = [
     "element_descriptor_table",
     "encode_compositions",
     "fit_process_encoding",
+    "pack_composition_inputs",
 ]
 
 # Element descriptors that enter as fraction-weighted mean and spread; units in the names.
@@ -309,6 +310,22 @@ def encode_compositions(
     )
 
 
+def pack_composition_inputs(inputs: CompositionInputs) -> Tensor:
+    """One float tensor ``[z, fraction, process]`` (n, 2k + p) that :class:`CompositionModel`
+    also accepts.
+
+    The meta-learning stages (families, episodes, ``vmap`` over tasks, moves between devices)
+    index and stack plain tensors; packing lets composition inputs travel through them unchanged.
+    Atomic numbers are stored as floats (exact up to 2**24).
+
+    Example:
+        >>> packed = pack_composition_inputs(encode_compositions(df, model))
+        >>> model.forward(params, packed[:5])          # the same as the unpacked inputs
+    """
+    dtype = inputs.fraction.dtype
+    return torch.cat([inputs.z.to(dtype), inputs.fraction, inputs.process.to(dtype)], dim=-1)
+
+
 def _checked_fractions(fractions: Any, source: str, row: Any) -> dict[str, float]:
     """A ``fractions`` cell must be what read_alloy_table writes: symbols -> fractions summing
     to 1 (a hand-made table may hold anything)."""
@@ -520,8 +537,25 @@ class CompositionModel:
         params["head.bias"] = uniform((1,), b)
         return params
 
-    def features(self, params: Params, inputs: CompositionInputs) -> Tensor:
-        """The last hidden layer, (n, hidden): what a Bayesian or refitted head sits on."""
+    def unpack(self, packed: Tensor) -> CompositionInputs:
+        """:class:`CompositionInputs` from a tensor made by :func:`pack_composition_inputs`."""
+        p = _process_dim(self.process)
+        width = packed.shape[-1] - p
+        if width < 2 or width % 2:
+            raise InputError(f"packed composition inputs have {packed.shape[-1]} columns; "
+                             f"expected 2 * elements + {p} process inputs for this model")
+        k = width // 2
+        return CompositionInputs(packed[..., :k].round().long(), packed[..., k:2 * k],
+                                 packed[..., 2 * k:])
+
+    def features(self, params: Params, inputs: CompositionInputs | Tensor) -> Tensor:
+        """The last hidden layer, (n, hidden): what a Bayesian or refitted head sits on.
+
+        ``inputs`` is :class:`CompositionInputs` or the same packed into one tensor
+        (:func:`pack_composition_inputs`).
+        """
+        if isinstance(inputs, Tensor):
+            inputs = self.unpack(inputs)
         w = params["input.weight"]
         z = inputs.z
         frac = inputs.fraction.to(w.dtype).unsqueeze(-1)  # (n, k, 1)
@@ -548,7 +582,7 @@ class CompositionModel:
             h = h + act(h @ params[f"blocks.{i}.weight"].T + params[f"blocks.{i}.bias"])
         return h
 
-    def forward(self, params: Params, inputs: CompositionInputs) -> Tensor:
+    def forward(self, params: Params, inputs: CompositionInputs | Tensor) -> Tensor:
         """Predictions (n,) in the model's target space (wrap a TargetTransform around it)."""
         h = self.features(params, inputs)
         return (h @ params["head.weight"].T + params["head.bias"]).squeeze(-1)

@@ -21,8 +21,12 @@ from matmeta.plots._kinetics import (
 )
 from matmeta.plots._meta import plot_meta_history
 from matmeta.plots._training import loss_curves_plot, parity_plot
+from matmeta.plots._workflows import plot_adaptation, plot_candidates, plot_support_parity
 
 __all__ = [
+    "plot_adaptation",
+    "plot_candidates",
+    "plot_support_parity",
     "KineticsCurve",
     "loss_curves_plot",
     "parity_plot",
