@@ -380,7 +380,6 @@ def adapt_parametric(
 
     prior.check(model, source=source)
     s = float(noise_std or prior.noise_std or DEFAULT_NOISE_STD)
-    inputs, y, weight = _with_constant_guard(inputs, y, weight)
     res = fit_curves(
         model, [inputs], [y], prior=prior, noise_std=s, weight=None if weight is None else [weight]
     )
@@ -399,36 +398,6 @@ def adapt_parametric(
         s * s,
     )
     return ParametricPosterior(model, prior, res.theta[0], res.cov[0], s, log_evidence=evidence)
-
-
-# weight of the guard point below: its residual (at most a few units) adds about 1e-300 to the
-# objective and its Jacobian row 1e-300 to the curvature, far below float64 resolution of either
-_GUARD_WEIGHT = 1e-300
-
-
-def _with_constant_guard(inputs: Any, y: Any, weight: Any | None) -> tuple[Any, Any, Any]:
-    """Let a MAP fit take targets that are all equal (two points both at f = 0, say).
-
-    ``fit_curves`` refuses constant targets, a check meant for fits without a prior; under a prior
-    the MAP fit is well defined. The guard adds one point with a different target and a weight
-    of 1e-300 (alive for the check, nothing for the fit).
-    """
-    import numpy as np
-
-    y_np = np.asarray(y.detach().cpu() if isinstance(y, Tensor) else y, dtype=np.float64)
-    y_np = y_np.reshape(-1)
-    w_np = None if weight is None else np.asarray(
-        weight.detach().cpu() if isinstance(weight, Tensor) else weight, dtype=np.float64
-    ).reshape(-1)
-    live = y_np if w_np is None else y_np[w_np > 0]
-    if len(live) < 2 or np.ptp(live) > 0:
-        return inputs, y, weight
-    x_np = np.asarray(inputs.detach().cpu() if isinstance(inputs, Tensor) else inputs,
-                      dtype=np.float64)
-    x_np = np.concatenate([x_np, x_np[:1]], axis=0)
-    y_np = np.concatenate([y_np, [float(live[0]) + 1.0]])
-    w_np = np.concatenate([np.ones(len(y_np) - 1) if w_np is None else w_np, [_GUARD_WEIGHT]])
-    return x_np, y_np, w_np
 
 
 class ParametricPriorHead:

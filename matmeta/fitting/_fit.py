@@ -29,7 +29,13 @@ import torch
 from torch import Tensor
 
 from matmeta.errors import InputError
-from matmeta.fitting._lm import levenberg_marquardt, normal_equations
+from matmeta.fitting._lm import (
+    LMResult,
+    _lm_loop,
+    from_namespace,
+    loop_namespace,
+    to_namespace,
+)
 from matmeta.models.parametric._base import ParametricModel, Prior
 from matmeta.models.parametric._jmak import JMAK
 from matmeta.models.parametric._units import seconds_per
@@ -40,12 +46,16 @@ __all__ = ["FitResult", "fit_curves", "fit_jmak", "DEFAULT_NOISE_STD", "pad_curv
 # the prior (noise_std) says: typical of hardness- or DSC-derived fractions.
 DEFAULT_NOISE_STD = 0.05
 
-# iterations of the adaptive multi-start's first pass (most curves converge in under 10)
-FIRST_PASS_ITER = 15
+# iterations of the adaptive multi-start's first pass (most curves converge in under 10, and with
+# valley jumps the creeping ones in under 20, which keeps them out of the second pass)
+FIRST_PASS_ITER = 20
 # the adaptive multi-start runs every start at once on curves with at most this many points per
 # free parameter: on sparse curves distinct local minima with similar costs are common, and no
 # test on one fit tells them apart
 SPARSE_POINTS_PER_PARAM = 5
+
+# the loop evaluates the model on at most this many curves at a time (see gram_fn)
+GRAM_CHUNK = 512
 
 # thresholds of the "poorly determined" flag (transformed space: ln k, ln n)
 SE_LN_N_MAX = 0.25
@@ -67,13 +77,15 @@ def pad_curves(inputs: Sequence[Any], ys: Sequence[Any], weights: Sequence[Any] 
         inputs (B, N, ...), y (B, N), weight (B, N), sigma (B, N) or None.
     """
     xs = [np.asarray(x, dtype=np.float64) for x in inputs]
-    yl = [np.asarray(y, dtype=np.float64).reshape(-1) for y in ys]
+    yl = [np.asarray(y, dtype=np.float64) for y in ys]
+    yl = [y if y.ndim == 1 else y.reshape(-1) for y in yl]
     if len(xs) != len(yl):
         raise InputError(f"{len(xs)} input arrays but {len(yl)} target arrays")
-    lengths = np.array([len(y) for y in yl])
-    for i, (x, y) in enumerate(zip(xs, yl, strict=False)):
-        if x.shape[0] != y.shape[0]:
-            raise InputError(f"curve {i}: {x.shape[0]} inputs but {y.shape[0]} targets")
+    lengths = np.fromiter(map(len, yl), dtype=np.intp, count=len(yl))
+    x_lengths = np.fromiter(map(len, xs), dtype=np.intp, count=len(xs))
+    if (x_lengths != lengths).any():
+        i = int(np.flatnonzero(x_lengths != lengths)[0])
+        raise InputError(f"curve {i}: {x_lengths[i]} inputs but {lengths[i]} targets")
     b, nmax = len(yl), int(lengths.max()) if len(yl) else 0
     mask = np.arange(nmax)[None, :] < lengths[:, None]
     trail = xs[0].shape[1:] if xs else ()
@@ -240,6 +252,24 @@ class FitResult:
         return pd.DataFrame(cols)
 
 
+def _inverse_spd(a: Tensor) -> Tensor:
+    """Inverse of batched symmetric positive semi-definite (B, P, P) matrices; NaN where
+    singular. Closed form for P <= 2 (a LAPACK call per matrix costs more than the fit)."""
+    p = a.shape[-1]
+    if p > 2:
+        inv, info = torch.linalg.inv_ex(a)
+        return torch.where((info == 0)[:, None, None], inv, torch.full_like(inv, float("nan")))
+    if p == 1:
+        inv = 1.0 / a
+        return torch.where(a > 0, inv, torch.full_like(inv, float("nan")))
+    a00, a01, a11 = a[:, 0, 0], a[:, 0, 1], a[:, 1, 1]
+    det = a00 * a11 - a01 * a01
+    inv = torch.stack([torch.stack([a11, -a01], -1), torch.stack([-a01, a00], -1)], -2)
+    inv = inv / det[:, None, None]
+    # a Gram matrix is singular when its determinant is not positive (to rounding)
+    return torch.where((det > 0)[:, None, None], inv, torch.full_like(inv, float("nan")))
+
+
 def _label(labels: Sequence[Any] | None, i: int) -> str:
     return f"curve {labels[i]}" if labels is not None else f"curve {i}"
 
@@ -285,7 +315,7 @@ def fit_curves(
         max_iter: LM iteration cap.
         multistart: ``"all"`` (default): run every start of every curve to convergence and
             keep the best (converged starts first, then the lowest objective). ``"adaptive"``:
-            a first pass of up to 15 iterations runs every curve from its first start, and
+            a first pass of up to 20 iterations runs every curve from its first start, and
             sparse curves (at most 5 points per free parameter, where distinct minima are
             common) from all their starts; each curve whose fit is then suspect (still
             running, weighted R^2 < 0.99, or k or n poorly determined) continues its unfinished
@@ -322,7 +352,8 @@ def fit_curves(
     if labels is not None and len(labels) != b:
         raise InputError(f"{len(labels)} labels for {b} curves")
     live = w_pad > 0
-    if (w_pad < 0).any() or not torch.isfinite(w_pad).all():
+    # (weights made here from the curves' lengths need no check)
+    if weight is not None and ((w_pad < 0).any() or not torch.isfinite(w_pad).all()):
         raise InputError("weights must be finite and non-negative")
     for name, t in (("inputs", x_pad), ("targets", y_pad)):
         bad = ~torch.isfinite(t.reshape(b, t.shape[1], -1)).all(-1) & live
@@ -352,7 +383,8 @@ def fit_curves(
     big = torch.finfo(dtype).max
     y_hi = torch.where(live, y_pad, torch.full_like(y_pad, -big)).amax(-1)
     y_lo = torch.where(live, y_pad, torch.full_like(y_pad, big)).amin(-1)
-    flat = (y_hi == y_lo) & (n_points > 1)
+    # Under a prior the MAP fit of constant targets (two points both at f = 0) is well defined.
+    flat = (y_hi == y_lo) & (n_points > 1) & (prior is None)
     if flat.any():
         i = int(flat.nonzero()[0, 0])
         raise InputError(f"{_label(labels, i)}: all {int(n_points[i])} target values equal "
@@ -365,8 +397,8 @@ def fit_curves(
         scale = 1.0
         if prior is not None:
             scale = noise_std or prior.noise_std or DEFAULT_NOISE_STD
-        inv_s = torch.full_like(y_pad, 1.0 / scale)
-    sqrt_w = torch.sqrt(w_pad) * inv_s
+        inv_s = None if scale == 1.0 else torch.full_like(y_pad, 1.0 / scale)
+    sqrt_w = torch.sqrt(w_pad) if inv_s is None else torch.sqrt(w_pad) * inv_s
 
     theta0 = model.initial_guesses(x_pad, y_pad, w_pad).to(dev, dtype)
     if prior is not None:
@@ -379,40 +411,108 @@ def fit_curves(
         w_prior = prior.precision_sqrt.to(dev, dtype)
         mu = prior.mean.to(dev, dtype)
 
+    # the loop's array namespace (numpy on the CPU: see matmeta.fitting._lm)
+    xp = loop_namespace(dev)
     if prior is not None:
-        wtw = w_prior.T @ w_prior
+        w_xp = to_namespace(w_prior, xp)
+        mu_xp = to_namespace(mu, xp)[:, None]
+        # J^T J of the prior's residuals W (theta - mu), the same for every curve
+        wtw_xp = w_xp.T @ w_xp
 
-    def residuals(theta: Tensor, x: Tensor, yy: Tensor, sw: Tensor) -> tuple[Tensor, ...]:
-        fused = model.fit_normal_equations(theta, x, yy, sw)
-        if fused is not None:
-            cost, a, g = fused
-        else:
-            f, jt = model.fit_value_and_jacobian(theta, x)
-            cost, a, g = normal_equations(sw * (f - yy), sw.unsqueeze(1) * jt)
+    def gram_fn(theta: Any, x: Any, yy: Any, sw: Any) -> Any:
+        """Gram matrix of [J | r] over the data and, for MAP, the prior's residuals; arrays
+        batch-last in the loop's namespace."""
+        nb = theta.shape[-1]
+        if nb > GRAM_CHUNK:
+            # in cache-sized pieces: a model's dozen temporaries over thousands of curves
+            # outgrow the CPU's cache, which costs more than the extra calls
+            parts = [gram_fn(theta[..., i:i + GRAM_CHUNK], x[..., i:i + GRAM_CHUNK],
+                             yy[..., i:i + GRAM_CHUNK], sw[..., i:i + GRAM_CHUNK])
+                     for i in range(0, nb, GRAM_CHUNK)]
+            return xp.concatenate(parts, -1)
+        # the loop's curves are in order of extent (run_loop), so the last one has the
+        # longest: the padding after it carries weight 0 everywhere and is left out
+        last = sw[:, -1].nonzero()
+        m = int(last[0][-1] if xp is np else last[-1, 0]) + 1
+        if m < sw.shape[0]:
+            x, yy, sw = x[:m], yy[:m], sw[:m]
+        g = model.fit_gram(theta, x, yy, sw)
+        if g is None:
+            th = from_namespace(theta).T
+            xt, yt, swt = (from_namespace(t).movedim(-1, 0) for t in (x, yy, sw))
+            fused = model.fit_normal_equations(th, xt, yt, swt)
+            if fused is not None:
+                cost, a, jtr = fused
+                gt = torch.cat([torch.cat([a, jtr.unsqueeze(-1)], -1),
+                                torch.cat([jtr, cost.unsqueeze(-1)], -1).unsqueeze(1)], 1)
+            else:
+                f, jt = model.fit_value_and_jacobian(th, xt)
+                v = torch.cat([swt.unsqueeze(1) * jt, (swt * (f - yt)).unsqueeze(1)], 1)
+                gt = v @ v.mT
+            g = to_namespace(gt.reshape(len(th), -1).T.contiguous(), xp)
         if prior is not None:
-            rp = (theta - mu) @ w_prior.T
-            cost = cost + (rp * rp).sum(-1)
-            a = a + wtw
-            g = g + rp @ w_prior
-        return cost, a, g
+            # the prior's residuals W (theta - mu), Jacobian W: extra rows of [J | r]
+            rp = w_xp @ (theta - mu_xp)
+            wr = w_xp.T @ rp
+            top = xp.concatenate([xp.broadcast_to(wtw_xp[:, :, None], (p, p, rp.shape[1])),
+                                  wr[:, None]], 1)
+            bottom = xp.concatenate([wr, (rp * rp).sum(0)[None]], 0)[None]
+            g = g + xp.concatenate([top, bottom], 0).reshape((p + 1) ** 2, -1)
+        return g
+
+    def jump_fn(theta: Any, direction: Any, x: Any, yy: Any, sw: Any) -> Any:
+        return model.fit_valley_jump(theta, direction, x, sw)
+
+    # the fit's data batch-last, as the loop takes it
+    data_last = tuple(to_namespace(t.movedim(0, -1).contiguous(), xp)
+                      for t in (prepared, y_pad, sqrt_w))
+
+    def loop_data(index: Tensor) -> tuple[Any, ...]:
+        """The fit's data for the loop: curves ``index``."""
+        idx = to_namespace(index, xp)
+        return tuple(t[..., idx] for t in data_last)
+
+    # a curve's extent: its last point with non-zero weight (+1); gram_fn leaves out the
+    # padding after the longest extent of each piece of curves it evaluates
+    extent = (live * torch.arange(1, live.shape[1] + 1, device=dev)).amax(-1)
+
+    def run_loop(theta0_rows: Tensor, index: Tensor, iters: int,
+                 lam0: Tensor | None = None) -> LMResult:
+        """Fit rows ``theta0_rows`` on curves ``index``, ordered by extent inside the loop."""
+        order = torch.argsort(extent[index], stable=True)
+        res = _lm_loop(gram_fn, to_namespace(theta0_rows[order].T.contiguous(), xp),
+                       loop_data(index[order]), xp=xp, max_iter=iters,
+                       valley=(model.fit_valley_direction, jump_fn),
+                       lam0=1e-3 if lam0 is None else to_namespace(lam0[order].contiguous(), xp))
+        back = torch.empty_like(order)
+        back[order] = torch.arange(len(order), device=dev)
+        return LMResult(res.theta[back], res.cost[back], res.jtj[back], res.converged[back],
+                        res.iterations, res.lam[back])
 
     def best_start(cost: Tensor, conv: Tensor) -> Tensor:
         """(b,) index of each curve's best start: converged ones first, then the lowest cost."""
         cost = torch.where(torch.isfinite(cost), cost, torch.full_like(cost, float("inf")))
         return torch.where(conv, cost, cost + torch.finfo(dtype).max / 4).argmin(-1)
 
-    def covariance(theta: Tensor, a: Tensor) -> tuple[Tensor, Tensor]:
-        f, _ = model.value_and_jacobian(theta, x_pad)
-        inv, info = torch.linalg.inv_ex(a)
-        inv = torch.where((info == 0)[:, None, None], inv, torch.full_like(inv, float("nan")))
+    def fitted(theta: Tensor) -> Tensor:
+        return model.value_and_jacobian(theta, x_pad)[0]
+
+    def data_rss(theta: Tensor, cost: Tensor) -> Tensor:
+        """``sum(sqrt_w^2 (f - y)^2)``: the objective itself unless a prior adds to it."""
+        if prior is None:
+            return cost
+        return ((sqrt_w * (fitted(theta) - y_pad)) ** 2).sum(-1)
+
+    def covariance(a: Tensor, rss: Tensor) -> Tensor:
+        inv = _inverse_spd(a)
         if prior is None and not absolute_sigma:
             dof = (n_points - p).to(dtype)
-            s2 = ((sqrt_w * (f - y_pad)) ** 2).sum(-1) / dof
+            s2 = rss / dof
             s2 = torch.where(dof > 0, s2, torch.full_like(s2, float("nan")))
-            return inv * s2[:, None, None], f
-        return inv, f
+            return inv * s2[:, None, None]
+        return inv
 
-    def adaptive(data: tuple[Tensor, ...]) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor, int]:
+    def adaptive() -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor, int]:
         """Pass 1 (at most FIRST_PASS_ITER iterations): every curve from its first start, and
         sparse curves from all their starts. Pass 2: each suspect curve (still running, a poor
         fit, k or n poorly determined) continues its unfinished rows, with their damping, next
@@ -439,9 +539,7 @@ def fit_curves(
         lam_all = torch.full((b * s,), 1e-3, dtype=dtype, device=dev)
 
         def run_rows(idx: Tensor, iters: int) -> int:
-            curve = idx // s
-            res = levenberg_marquardt(residuals, th_all[idx], tuple(t[curve] for t in data),
-                                      max_iter=iters, lam0=lam_all[idx])
+            res = run_loop(th_all[idx], idx // s, iters, lam_all[idx])
             th_all[idx], cost_all[idx], a_all[idx] = res.theta, res.cost, res.jtj
             conv_all[idx], lam_all[idx] = res.converged, res.lam
             return res.iterations
@@ -451,11 +549,11 @@ def fit_curves(
         best = best_start(cost_all.reshape(b, s), conv_all.reshape(b, s))
         pick = rows_all[torch.arange(b, device=dev), best]
         theta, a = th_all[pick], a_all[pick]
-        cov, f = covariance(theta, a)
+        rss = data_rss(theta, cost_all[pick])
+        cov = covariance(a, rss)
         sw2 = sqrt_w**2
         ybar = (sw2 * y_pad).sum(-1, keepdim=True) / sw2.sum(-1, keepdim=True)
         tss = (sw2 * (y_pad - ybar) ** 2).sum(-1)
-        rss = (sw2 * (f - y_pad) ** 2).sum(-1)
         tmp = FitResult(model, theta, cov, rss, cost_all[pick], conv_all[pick], n_points, iters,
                         best)
         running = ran & ~conv_all.reshape(b, s)
@@ -470,22 +568,24 @@ def fit_curves(
 
     if multistart not in ("adaptive", "all"):
         raise InputError(f"multistart {multistart!r}: expected 'adaptive' or 'all'")
-    data = (prepared, y_pad, sqrt_w)
     if s == 1 or multistart == "all":
         # every start of every curve as one row of a single batched run
-        res = levenberg_marquardt(residuals, theta0.reshape(b * s, p),
-                                  tuple(t.repeat_interleave(s, dim=0) for t in data),
-                                  max_iter=max_iter)
+        res = run_loop(theta0.reshape(b * s, p),
+                       torch.arange(b, device=dev).repeat_interleave(s), max_iter)
         costs, convs = res.cost.reshape(b, s), res.converged.reshape(b, s)
         start_index = best_start(costs, convs)
         pick = torch.arange(b, device=dev) * s + start_index
         theta, a, conv, iters = res.theta[pick], res.jtj[pick], res.converged[pick], res.iterations
         cost = res.cost[pick]
     else:
-        theta, a, cost, conv, start_index, iters = adaptive(data)
-    cov, f = covariance(theta, a)
-    sq = w_pad * (f - y_pad) ** 2
-    rmse = torch.sqrt(sq.sum(-1) / w_pad.sum(-1))
+        theta, a, cost, conv, start_index, iters = adaptive()
+    cov = covariance(a, data_rss(theta, cost))
+    if s_pad is None and prior is None:
+        # then sqrt_w^2 = w, and the objective is the weighted sum of squares itself
+        sq_sum = cost
+    else:
+        sq_sum = (w_pad * (fitted(theta) - y_pad) ** 2).sum(-1)
+    rmse = torch.sqrt(sq_sum / w_pad.sum(-1))
     return FitResult(model, theta, cov, rmse, cost, conv, n_points, iters, start_index,
                      prior is not None,
                      None if labels is None else list(labels))

@@ -1,13 +1,21 @@
 """Batched Levenberg-Marquardt: many small independent least-squares problems in one loop.
 
 Every problem (a row of the batch) has its own parameters, damping and convergence flag; one
-Python-level iteration advances them all with a handful of tensor operations, so thousands of
+Python-level iteration advances them all with a handful of array operations, so thousands of
 curves cost little more than one. Normal equations with Marquardt's diagonal scaling,
-``(J^T J + lam diag(J^T J)) step = -J^T r``, are solved in closed form for 1-2 parameters and
-by batched Cholesky above. One residual-and-Jacobian evaluation per iteration: the trial point's
-normal equations are kept when the step is accepted (only (B, P, P) and (B, P) tensors are
-carried, never the Jacobian). Finished rows leave the working set in bulk, and the loop stops
-as soon as every row has converged.
+``(J^T J + lam diag(J^T J)) step = -J^T r``, are solved in closed form for 2 parameters and
+by batched Cholesky otherwise. One residual-and-Jacobian evaluation per iteration: what the
+loop carries of a problem is its parameters and the Gram matrix of ``[J | r]`` (``J^T J``,
+``J^T r`` and ``r^T r`` in one (P+1, P+1) block), packed into one state column, so accepting a
+step is a single ``where``. Finished problems leave the working set in bulk, and the loop
+stops as soon as every one has converged.
+
+Where the time goes: once the fast problems have converged, a few slow ones keep the loop
+running, and each iteration then costs what its ~60 array operations cost to dispatch, not
+their arithmetic. A torch operation on a CPU costs several microseconds to dispatch, a numpy
+operation under one, so on the CPU the loop runs on numpy views of the same memory (no
+copies); on any other device it runs on torch tensors. The loop is written once against
+either namespace (``CPU_LOOP`` selects the CPU one; the tests run both and compare).
 
 Example:
     >>> def fn(theta, x, y):             # r_i = a x_i + b - y_i for each row
@@ -20,15 +28,38 @@ Example:
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Callable
-from typing import NamedTuple
+from types import ModuleType
+from typing import Any, NamedTuple
 
+import numpy as np
 import torch
 from torch import Tensor
 
 __all__ = ["LMResult", "levenberg_marquardt", "normal_equations", "solve_spd"]
 
 NormalEqFn = Callable[..., tuple[Tensor, Tensor, Tensor]]
+# gram_fn(theta (P, B), *data (..., B)) -> Gram of [J | r], flattened row-major, ((P+1)^2, B)
+GramFn = Callable[..., Any]
+# valley = (direction(theta (P, R), step (P, R)) -> (R,) +1/-1/0 or None,
+#           jump(theta (P, R), direction (R,), *data (..., R)) -> (P, R) far points)
+Valley = tuple[Callable[..., Any], Callable[..., Any]]
+
+# "numpy": the loop's bookkeeping on CPU runs on numpy views of the tensors (several times less
+# dispatch overhead per operation); "torch": torch everywhere (what every other device uses).
+CPU_LOOP = "numpy"
+
+# a valley jump is tried only by a problem whose last two steps were accepted, lightly damped
+# and each lowered its cost by less than this fraction (a creep; a problem converging normally
+# takes one such step before its convergence test ends it), from this iteration on (before
+# it, most problems are still on their way down, and a jump could carry them into another
+# basin)
+CREEP_RTOL = 1e-2
+JUMP_FIRST_ITER = 4
+# ... and on every JUMP_EVERY-th iteration (a jump costs an extra evaluation of the creeping
+# problems; every other iteration halves that at no cost in iterations on the benchmark)
+JUMP_EVERY = 2
 
 
 class LMResult(NamedTuple):
@@ -78,17 +109,195 @@ def solve_spd(a: Tensor, b: Tensor) -> Tensor:
     return torch.where((info == 0).unsqueeze(-1), x, torch.full_like(x, float("nan")))
 
 
-def _damped_step(a: Tensor, g: Tensor, lam_s: Tensor, eye: Tensor) -> Tensor:
-    """``-(a + diag(lam_s))^-1 g``; for two parameters in closed form straight from the entries
-    (a third of the tensor operations of building the damped matrix and indexing it)."""
-    if a.shape[-1] != 2:
-        return solve_spd(a + lam_s.unsqueeze(-1) * eye, -g)
-    a00, a01, _, a11 = a.flatten(1).unbind(-1)
-    l0, l1 = lam_s.unbind(-1)
-    g0, g1 = g.unbind(-1)
-    m00, m11 = a00 + l0, a11 + l1
-    det = m00 * m11 - a01 * a01
-    return torch.stack([a01 * g1 - m11 * g0, a01 * g0 - m00 * g1], dim=-1) / det.unsqueeze(-1)
+# -- array namespaces ---------------------------------------------------------------------------
+def loop_namespace(device: torch.device | str) -> ModuleType:
+    """The array namespace the loop runs in for tensors on ``device``: numpy on the CPU (unless
+    ``CPU_LOOP`` says "torch"), torch elsewhere."""
+    cpu = torch.device(device).type == "cpu"
+    return np if cpu and CPU_LOOP == "numpy" else torch
+
+
+def to_namespace(t: Tensor, xp: ModuleType) -> Any:
+    """A tensor as an array of ``xp`` (a view sharing memory on the CPU)."""
+    return t.detach().numpy() if xp is np else t
+
+
+def from_namespace(a: Any) -> Tensor:
+    """An array of either namespace as a tensor (a view sharing memory for numpy)."""
+    return torch.from_numpy(a) if isinstance(a, np.ndarray) else a
+
+
+def _solve_spd_xp(a: Any, b: Any, xp: ModuleType) -> Any:
+    """``a x = b`` for batch-last a (P, P, B), b (P, B), through torch's batched Cholesky."""
+    at = from_namespace(a).permute(2, 0, 1)
+    x = solve_spd(at, from_namespace(b).T)
+    return to_namespace(x.T.contiguous(), xp)
+
+
+# -- the loop ------------------------------------------------------------------------------------
+def _lm_loop(gram_fn: GramFn, theta0: Any, data: tuple[Any, ...], *, xp: ModuleType,
+             max_iter: int = 200, ftol: float = 1.5e-8, xtol: float = 1.5e-8,
+             gtol: float = 1e-12, stall_tol: float = 1e-4, stall_window: int = 5,
+             lam0: float | Any = 1e-3, valley: Valley | None = None) -> LMResult:
+    """The one loop behind every fit. Batch-last throughout: ``theta0`` (P, B) and each data
+    array (..., B) in namespace ``xp``; ``gram_fn(theta, *data)`` returns the flattened Gram
+    matrix ((P+1)^2, B). Tests and arguments as in :func:`levenberg_marquardt`.
+
+    ``valley``: optional jumps along flat valleys, as a model's
+    :meth:`~matmeta.models.parametric.ParametricModel.fit_valley_direction` and
+    :meth:`~matmeta.models.parametric.ParametricModel.fit_valley_jump` define them. A jump is
+    tried by a creeping problem only (see ``CREEP_RTOL``) and replaces its point only where it
+    lowers the cost, so each problem's cost still falls monotonically and every convergence
+    test applies as without jumps. (Which minimum a problem ends in can differ from a run
+    without jumps; on the benchmark and the tests' step-like curves it is never a worse one.)"""
+    p, b = theta0.shape
+    k = p + 1
+    width = p + k * k  # a state column: theta (P), then the Gram matrix row-major
+    ic = width - 1  # r^T r, the cost
+    is_np = xp is np
+    dtype = theta0.dtype
+    finfo = np.finfo(dtype) if is_np else torch.finfo(dtype)
+    tiny, eps = float(finfo.tiny), float(finfo.eps)
+    ftol2, xtol2 = 1.0 - ftol, xtol * xtol
+
+    def full(n: int, value: float, like: Any) -> Any:
+        return (np.full(n, value, dtype=like.dtype) if is_np
+                else torch.full((n,), value, dtype=like.dtype, device=like.device))
+
+    def clamp_min(x: Any, value: float) -> Any:
+        return np.maximum(x, value) if is_np else x.clamp_min(value)
+
+    def amax0(x: Any) -> Any:
+        return x.max(0) if is_np else x.amax(0)
+
+    def nonzero(mask: Any) -> Any:
+        return mask.nonzero()[0] if is_np else mask.nonzero()[:, 0]
+
+    rows = np.arange(b) if is_np else torch.arange(b, device=theta0.device)
+    aux = tuple(data)
+    s = xp.concatenate([theta0, gram_fn(theta0, *aux)], 0)
+    out = s.copy() if is_np else s.clone()
+    conv_out = xp.zeros_like(rows, dtype=bool) if is_np else torch.zeros_like(rows,
+                                                                              dtype=torch.bool)
+    if isinstance(lam0, (int, float)):
+        lam = full(b, float(lam0), s)
+    else:
+        lam = lam0.copy() if is_np else lam0.clone()
+    lam_out = lam.copy() if is_np else lam.clone()
+    nu = full(b, 2.0, s)
+    # problems that start at a non-finite point cannot move; they leave at once, unconverged
+    done = ~xp.isfinite(s).all(0)
+    failed = done.copy() if is_np else done.clone()
+    crept = xp.zeros_like(done)
+    ref_cost = s[ic]
+
+    it = 0
+    # numpy warns where torch stays silent (a singular system, exp overflow): both give inf/NaN,
+    # which the tests below reject
+    with np.errstate(all="ignore") if is_np else contextlib.nullcontext():
+        for it in range(1, max_iter + 1):  # noqa: B007 - the count is returned
+            n_done = int(done.sum())
+            if n_done and (n_done == len(rows) or 2 * n_done >= len(rows)):
+                # retire finished problems in bulk, once half are done: compaction costs a
+                # gather per state and data array, about what an iteration on them costs
+                idx = rows[done]
+                out[:, idx], conv_out[idx], lam_out[idx] = s[:, done], ~failed[done], lam[done]
+                if n_done == len(rows):
+                    break
+                keep = ~done
+                rows, s, lam, nu, ref_cost, failed, crept = (
+                    rows[keep], s[:, keep], lam[keep], nu[keep], ref_cost[keep], failed[keep],
+                    crept[keep])
+                aux = tuple(t[..., keep] for t in aux)
+                done = xp.zeros_like(failed)
+            cost = s[ic]
+            if p == 2:
+                # closed-form damped 2x2 solve straight from the state's entries (rows of the
+                # flattened Gram matrix [[a00, a01, g0], [a01, a11, g1], [g0, g1, cost]])
+                th0, th1, a00, a01, g0, _, a11, g1, _, _, _ = s
+                # Marquardt's scaling: damp each parameter by its own curvature (floored, so
+                # that a parameter without effect still gets a finite step)
+                fl = xp.maximum(a00, a11) * eps + tiny
+                l0, l1 = lam * xp.maximum(a00, fl), lam * xp.maximum(a11, fl)
+                m00, m11 = a00 + l0, a11 + l1
+                det = m00 * m11 - a01 * a01
+                s0 = (a01 * g1 - m11 * g0) / det
+                s1 = (a01 * g0 - m00 * g1) / det
+                # (one operation per parameter: gathering the pairs into (2, B) arrays to do
+                # both at once costs more than it saves)
+                step = xp.concatenate([s0[None], s1[None]])
+                pred = s0 * (l0 * s0 - g0) + s1 * (l1 * s1 - g1)
+                step2 = s0 * s0 + s1 * s1
+                norm = xp.hypot(th0, th1)
+                gmax = xp.maximum(xp.abs(g0), xp.abs(g1))
+            else:
+                blk = s[p:].reshape(k, k, -1)
+                a, g = blk[:p, :p], blk[:p, p]
+                diag = xp.stack([a[i, i] for i in range(p)])
+                floor = amax0(diag) * eps + tiny
+                lam_s = lam * xp.maximum(diag, floor)
+                damped = a.copy() if is_np else a.clone()
+                for i in range(p):
+                    damped[i, i] = damped[i, i] + lam_s[i]
+                step = _solve_spd_xp(damped, -g, xp)
+                pred = (step * (lam_s * step - g)).sum(0)
+                step2 = (step * step).sum(0)
+                norm = ((s[:p] * s[:p]).sum(0)) ** 0.5
+                gmax = amax0(xp.abs(g))
+            trial = s[:p] + step
+            new = xp.concatenate([trial, gram_fn(trial, *aux)], 0)
+            cost_new = new[ic]
+            # NaN compares False: a non-finite trial is simply rejected; finished ones stay put
+            ok = (cost_new <= cost) > done
+            # Nielsen's damping update: shrink by the gain ratio on success, grow geometrically
+            # on repeated failure (fewer iterations in curved valleys than fixed factors)
+            rho = (cost - cost_new) / clamp_min(pred, tiny)
+            shrink = clamp_min(1.0 - (2.0 * rho - 1.0) ** 3, 1.0 / 3.0)
+            light = lam <= 1.0
+            # converged: an accepted, lightly damped step lowered the cost by less than
+            # ftol*cost, or an accepted step shorter than xtol*(|theta| + xtol), or a vanishing
+            # gradient
+            small = ok & (((cost_new >= ftol2 * cost - tiny) & light)
+                          | (step2 <= xtol2 * (norm + xtol) ** 2))
+            small = small | (gmax <= gtol * (cost + gtol))
+            s = xp.where(ok, new, s)
+            lam = xp.where(ok, clamp_min(lam * shrink, 1e-15), xp.where(done, lam, lam * nu))
+            nu = xp.where(ok, 2.0, nu * 2.0)
+            # a problem whose damping has exploded cannot lower its cost any further: it sits
+            # in a minimum to working precision
+            done = done | small | (lam > 1e12)
+            if valley is not None:
+                creep = (ok & light & (cost_new > (1.0 - CREEP_RTOL) * cost)) > done
+                creep, crept = creep & crept, creep
+                if it >= JUMP_FIRST_ITER and it % JUMP_EVERY == 0 and bool(creep.any()):
+                    sel = nonzero(creep)
+                    direction = valley[0](s[:p, sel], step[:, sel])
+                    if direction is None:  # the model has no valleys
+                        valley = None
+                    else:
+                        along = direction != 0
+                        if bool(along.any()):
+                            sel, direction = sel[along], direction[along]
+                            old = s[:, sel]
+                            aux_sel = tuple(t[..., sel] for t in aux)
+                            far = valley[1](old[:p], direction, *aux_sel)
+                            cand = xp.concatenate([far, gram_fn(far, *aux_sel)], 0)
+                            s[:, sel] = xp.where(cand[ic] < old[ic], cand, old)
+            if it % stall_window == 0:
+                done = done | ((s[ic] >= (1.0 - stall_tol) * ref_cost) & (lam <= 1.0))
+                ref_cost = s[ic]
+        else:
+            # iteration cap: what is still running is not converged
+            out[:, rows], conv_out[rows], lam_out[rows] = s, done & ~failed, lam
+    out_t = from_namespace(out)
+    cost_out = out_t[ic]
+    # a problem that started non-finite keeps its start and an infinite cost
+    cost_out = torch.where(torch.isfinite(cost_out), cost_out,
+                           torch.full_like(cost_out, float("inf")))
+    conv_t = from_namespace(conv_out) & torch.isfinite(cost_out)
+    blk = out_t[p:].reshape(k, k, -1)[:p, :p].permute(2, 0, 1)
+    return LMResult(out_t[:p].T.contiguous(), cost_out.contiguous(), blk.contiguous(), conv_t,
+                    it, from_namespace(lam_out))
 
 
 def levenberg_marquardt(
@@ -117,7 +326,7 @@ def levenberg_marquardt(
         fn: the batched normal equations at ``theta``:
             ``fn(theta (B, P), *data) -> (cost (B,), J^T J (B, P, P), J^T r (B, P))`` with
             ``cost = sum(r^2)``. Use :func:`normal_equations` to build them from residuals
-            and a transposed Jacobian; a law with few parameters may fuse them (JMAK does).
+            and a transposed Jacobian.
         theta0: (B, P) starting points.
         data: tensors with a leading batch dimension B handed to ``fn`` (row-aligned with
             ``theta``; the working set is taken from them).
@@ -137,88 +346,21 @@ def levenberg_marquardt(
     Returns:
         An :class:`LMResult`.
     """
-    b, p = theta0.shape
-    dev, dtype = theta0.device, theta0.dtype
+    xp = loop_namespace(theta0.device)
+    p = theta0.shape[1]
 
-    # outputs, filled as rows leave the working set
-    theta_out = theta0.clone()
-    cost_out = torch.full((b,), float("inf"), dtype=dtype, device=dev)
-    a_out = torch.full((b, p, p), float("nan"), dtype=dtype, device=dev)
-    conv_out = torch.zeros(b, dtype=torch.bool, device=dev)
-    lam_out = torch.zeros_like(cost_out)
+    def gram_fn(theta: Any, *aux: Any) -> Any:
+        # batch-last arrays in, batch-first tensors to ``fn`` (views, no copies)
+        th = from_namespace(theta).T
+        cost, a, g = fn(th, *(from_namespace(t).movedim(-1, 0) for t in aux))
+        top = torch.cat([a, g.unsqueeze(-1)], dim=-1)
+        bottom = torch.cat([g, cost.unsqueeze(-1)], dim=-1).unsqueeze(1)
+        full = torch.cat([top, bottom], dim=1).reshape(len(th), (p + 1) ** 2)
+        return to_namespace(full.T.contiguous(), xp)
 
-    rows = torch.arange(b, device=dev)
-    theta, aux = theta0, tuple(data)
-    cost, a, g = fn(theta, *aux)
-    cost = torch.where(torch.isfinite(cost), cost, torch.full_like(cost, float("inf")))
-    lam = torch.as_tensor(lam0, dtype=dtype, device=dev).expand(b).clone()
-    nu = torch.full_like(lam, 2.0)
-    eye = torch.eye(p, dtype=dtype, device=dev)
-    tiny = torch.finfo(dtype).tiny
-    eps = torch.finfo(dtype).eps
-    ftol2, xtol2 = 1.0 - ftol, xtol * xtol
-    # rows that start at a non-finite point cannot move; they leave at once, unconverged
-    done = ~torch.isfinite(cost) | ~torch.isfinite(a).flatten(1).all(-1)
-    failed = done.clone()
-    ref_cost = cost
-
-    # Per-operation overhead, not arithmetic, sets the cost of an iteration once few rows are
-    # left (several microseconds per tensor operation on a CPU, a kernel launch each on a GPU),
-    # and a few step-like curves keep the loop running for tens of iterations: the loop below
-    # keeps its tensor operations few.
-    it = 0
-    for it in range(1, max_iter + 1):  # noqa: B007 - the count is returned
-        n_done = int(done.sum())
-        if n_done and (n_done == len(rows) or 4 * n_done >= len(rows)):
-            # retire finished rows in bulk: compaction costs a gather per state tensor
-            idx = rows[done]
-            theta_out[idx], cost_out[idx], a_out[idx] = theta[done], cost[done], a[done]
-            conv_out[idx], lam_out[idx] = ~failed[done], lam[done]
-            if n_done == len(rows):
-                break
-            keep = ~done
-            rows, theta, cost, a, g, lam, nu, ref_cost, failed = (
-                rows[keep], theta[keep], cost[keep], a[keep], g[keep], lam[keep], nu[keep],
-                ref_cost[keep], failed[keep])
-            aux = tuple(t[keep] for t in aux)
-            done = torch.zeros_like(keep[keep])
-        # Marquardt's scaling: damp each parameter by its own curvature (floored, so that a
-        # parameter without effect still gets a finite step)
-        diag = a.diagonal(dim1=1, dim2=2)
-        lam_s = lam.unsqueeze(-1) * diag.clamp_min(eps * diag.amax(-1, keepdim=True) + tiny)
-        step = _damped_step(a, g, lam_s, eye)
-        trial = theta + step
-        cost_new, a_new, g_new = fn(trial, *aux)
-        # NaN compares False: a non-finite trial is simply rejected; finished rows stay put
-        ok = (cost_new <= cost) > done
-        # Nielsen's damping update: shrink by the gain ratio on success, grow geometrically
-        # on repeated failure (fewer iterations in curved valleys than fixed factors)
-        pred = (step * (lam_s * step - g)).sum(-1)
-        rho = (cost - cost_new) / pred.clamp_min(tiny)
-        shrink = (1.0 - (2.0 * rho - 1.0) ** 3).clamp_min(1.0 / 3.0)
-        light = lam <= 1.0
-        # converged: an accepted, lightly damped step lowered the cost by less than ftol*cost,
-        # or an accepted step shorter than xtol*(|theta| + xtol), or a vanishing gradient
-        small = ok & (((cost_new >= ftol2 * cost - tiny) & light)
-                      | ((step * step).sum(-1) <= xtol2 * (theta.norm(dim=-1) + xtol) ** 2))
-        small = small | (g.abs().amax(-1) <= gtol * (cost + gtol))
-        okv = ok.unsqueeze(-1)
-        theta = torch.where(okv, trial, theta)
-        a = torch.where(okv.unsqueeze(-1), a_new, a)
-        g = torch.where(okv, g_new, g)
-        cost = torch.where(ok, cost_new, cost)
-        lam = torch.where(ok, (lam * shrink).clamp_min(1e-15), torch.where(done, lam, lam * nu))
-        nu = torch.where(ok, 2.0, nu * 2.0)
-        # a row whose damping has exploded cannot lower its cost any further: it sits in a
-        # minimum to working precision
-        done = done | small | (lam > 1e12)
-        if it % stall_window == 0:
-            done = done | ((cost >= (1.0 - stall_tol) * ref_cost) & (lam <= 1.0))
-            ref_cost = cost
-    else:
-        # iteration cap: what is still running is not converged
-        idx = rows
-        theta_out[idx], cost_out[idx], a_out[idx] = theta, cost, a
-        conv_out[idx], lam_out[idx] = done & ~failed, lam
-    conv_out = conv_out & torch.isfinite(cost_out)
-    return LMResult(theta_out, cost_out, a_out, conv_out, it, lam_out)
+    lam = lam0 if isinstance(lam0, (int, float)) else to_namespace(
+        torch.as_tensor(lam0, dtype=theta0.dtype, device=theta0.device), xp)
+    return _lm_loop(gram_fn, to_namespace(theta0.T.contiguous(), xp),
+                    tuple(to_namespace(t.movedim(0, -1), xp) for t in data), xp=xp,
+                    max_iter=max_iter, ftol=ftol, xtol=xtol, gtol=gtol, stall_tol=stall_tol,
+                    stall_window=stall_window, lam0=lam)

@@ -444,6 +444,32 @@ class ParametricModel:
         default) makes the fitter build them from :meth:`fit_value_and_jacobian`."""
         return None
 
+    def fit_gram(self, theta: Any, prepared: Any, y: Any, sqrt_w: Any) -> Any:
+        """Optionally the fused Gram matrix of ``[J | r]`` for ``r = sqrt_w (f - y)``, the one
+        array the batched fitter's loop carries per curve. None (the default) makes the
+        fitter build it from :meth:`fit_normal_equations` or :meth:`fit_value_and_jacobian`.
+
+        Batch-last, in the loop's namespace (numpy arrays on the CPU, torch tensors
+        elsewhere; see :mod:`matmeta.fitting`): ``theta`` (P, B), ``prepared`` (N, ..., B)
+        (:meth:`fit_inputs` output with the batch moved last), ``y`` and ``sqrt_w`` (N, B).
+        Returns ``[[J^T J, J^T r], [r^T J, r^T r]]`` flattened row-major, ((P+1)^2, B).
+        """
+        return None
+
+    def fit_valley_direction(self, theta: Any, step: Any) -> Any:
+        """Optionally, for fits that creep (many small accepted steps), which ones run along a
+        flat valley of the law (a parameter running off to infinity or zero while the
+        objective keeps falling): an array (R,) of +1 or -1 (the valley's two ends) or 0 (not
+        in one), from ``theta`` (P, R) and each fit's last step (P, R), batch-last as in
+        :meth:`fit_gram`. None (the default): the law has no such valley."""
+        return None
+
+    def fit_valley_jump(self, theta: Any, direction: Any, prepared: Any, sqrt_w: Any) -> Any:
+        """Far points (P, R) along the valleys :meth:`fit_valley_direction` found (``direction``
+        (R,) +1 or -1; data batch-last as in :meth:`fit_gram`). The fitter keeps a jump only
+        where it lowers the objective."""
+        raise NotImplementedError
+
     def initial_guesses(self, inputs: Any, y: Tensor, weight: Tensor | None = None) -> Tensor:
         """Starting points for a multi-start fit: (B, S, P) for batched padded curves.
 

@@ -19,8 +19,10 @@ Example:
 from __future__ import annotations
 
 import math
+from types import ModuleType
 from typing import Any
 
+import numpy as np
 import torch
 from torch import Tensor
 
@@ -39,6 +41,11 @@ Z_MAX = 4.0
 # operation.
 Z_MIN = -60.0
 LN_LN2 = math.log(math.log(2.0))
+# Valley jumps (see JMAK.fit_valley_jump): a creeping fit with n above VALLEY_N_UP (growing) or
+# below VALLEY_N_DOWN (shrinking) tries n * VALLEY_JUMP (or n / VALLEY_JUMP).
+VALLEY_N_UP = 4.0
+VALLEY_N_DOWN = 0.5
+VALLEY_JUMP = 16.0
 
 
 def jmak_curve(t: Tensor, ln_k: Tensor, n: Tensor, t0: Tensor | float = 0.0,
@@ -55,6 +62,11 @@ def jmak_curve(t: Tensor, ln_k: Tensor, n: Tensor, t0: Tensor | float = 0.0,
     z = (n * (ln_k + ln_tau)).clamp_max(Z_MAX)
     frac = -torch.expm1(-torch.exp(z))
     return f_max * torch.where(pos, frac, torch.zeros_like(frac))
+
+
+def _namespace(a: Any) -> ModuleType:
+    """numpy for numpy arrays, torch for tensors (the batched fitter's loop uses either)."""
+    return np if isinstance(a, np.ndarray) else torch
 
 
 def _check_fraction(x: float) -> None:
@@ -216,6 +228,78 @@ class JMAK(ParametricModel):
         g = torch.stack([n1 * qr.sum(-1), (qr * z).sum(-1)], -1)
         return (r * r).sum(-1), a, g
 
+    def fit_gram(self, theta: Any, prepared: Any, y: Any, sqrt_w: Any) -> Any:
+        """Fused Gram matrix of ``[J | r]`` for (ln k, ln n) and, with ``fit_fmax``,
+        ``logit_fmax``: the Jacobian columns and residuals in closed form, their pairwise sums
+        in one ``einsum`` (about fifteen array operations). Batch-last numpy or torch arrays, as
+        :meth:`ParametricModel.fit_gram` describes; None with ``fit_t0`` (the generic path
+        handles the incubation time's branch).
+
+        With ``q = sqrt_w f_max e^z exp(-e^z)`` the columns are ``q n``, ``q z`` and
+        ``sqrt_w (1 - exp(-e^z)) f_max (1 - f_max)``. Clamping ``z`` to ``[Z_MIN, Z_MAX]``
+        needs no mask: the derivative there (below ~1e-22) is negligible. ``1 - exp(-e)``
+        instead of ``-expm1(-e)``: the absolute error (~1e-16) is irrelevant to a fit.
+        """
+        if self.fit_t0:
+            return None
+        xp = _namespace(theta)
+        n = xp.exp(theta[1])
+        z = (theta[0] + prepared) * n
+        e = xp.exp(xp.clip(z, Z_MIN, Z_MAX))
+        sg = sqrt_w * xp.exp(-e)
+        # the columns of [J | r] written straight into one array, then all their pairwise sums
+        # over the points in one einsum: the fitter's loop spends its time in calls, not
+        # arithmetic, at a few hundred curves
+        k = 4 if self.fit_fmax else 3
+        v = (np.empty((k, *z.shape), dtype=z.dtype) if xp is np
+             else torch.empty((k, *z.shape), dtype=z.dtype, device=z.device))
+        if self.fit_fmax:
+            fmax = 1.0 / (1.0 + xp.exp(-theta[2]))
+            h = sqrt_w - sg
+            q = sg * e * fmax
+            xp.multiply(h, fmax * (1.0 - fmax), out=v[2])
+            xp.subtract(h * fmax, sqrt_w * y, out=v[3])
+        else:
+            q = sg * e
+            xp.subtract(sqrt_w * (1.0 - y), sg, out=v[2])
+        xp.multiply(q, n, out=v[0])
+        xp.multiply(q, z, out=v[1])
+        return xp.einsum("inb,jnb->ijb", v, v).reshape(k * k, -1)
+
+    def fit_valley_direction(self, theta: Any, step: Any) -> Any:
+        """Which creeping fits run along one of JMAK's flat valleys: +1 where n > 4 and growing
+        (a step-like curve: the best fit is a step, n -> infinity, through the point nearest
+        the transition), -1 where n < 0.5 and shrinking (plateau points only: the best fit is
+        a constant, n -> 0), 0 elsewhere. Arrays as in :meth:`fit_valley_jump`; None with
+        ``fit_t0``."""
+        if self.fit_t0:
+            return None
+        xp = _namespace(theta)
+        ln_n = theta[1]
+        up = (ln_n > math.log(VALLEY_N_UP)) & (step[1] > 0)
+        down = (ln_n < math.log(VALLEY_N_DOWN)) & (step[1] < 0)
+        zero = ln_n * 0.0  # scalars in ``where`` would lose the dtype in torch
+        return xp.where(up, zero + 1.0, xp.where(down, zero - 1.0, zero))
+
+    def fit_valley_jump(self, theta: Any, direction: Any, prepared: Any, sqrt_w: Any) -> Any:
+        """Far points along JMAK's flat valleys: the fitter's steps in ``ln n`` stay small there
+        while the objective keeps falling, for tens of iterations. The jump multiplies n by
+        ``VALLEY_JUMP`` (``direction`` +1) or divides it (-1), and moves ln k so that the pivot
+        point, the one with ``z = n ln(k t)`` nearest 0, keeps its ``z`` and so its fitted
+        fraction. Batch-last arrays as in :meth:`fit_gram`: ``theta`` (P, R), ``direction``
+        (R,), ``prepared`` and ``sqrt_w`` (N, R).
+        """
+        xp = _namespace(theta)
+        ln_n = theta[1]
+        ln_n_new = ln_n + direction * math.log(VALLEY_JUMP)
+        z = xp.exp(ln_n) * (theta[0] + prepared)
+        pivot = xp.where(sqrt_w > 0, xp.abs(z), z * 0.0 + float("inf")).argmin(0)
+        cols = xp.arange(len(ln_n)) if xp is np else torch.arange(len(ln_n), device=ln_n.device)
+        out = theta.copy() if xp is np else theta.clone()
+        out[0] = z[pivot, cols] / xp.exp(ln_n_new) - prepared[pivot, cols]
+        out[1] = ln_n_new
+        return out
+
     def initial_guesses(self, inputs: Tensor, y: Tensor, weight: Tensor | None = None) -> Tensor:
         """Vectorised multi-start guesses (B, S, P) read from each curve.
 
@@ -228,9 +312,8 @@ class JMAK(ParametricModel):
         dtype = y.dtype
         ymax = torch.where(valid, y, torch.full_like(y, -1.0)).amax(-1, keepdim=True)
         fmax0 = ymax.clamp(0.05, 0.995) if self.fit_fmax else torch.ones_like(ymax)
-        yn = (y / fmax0)
+        yn = y / fmax0 if self.fit_fmax else y
         tpos = torch.where(valid, t, torch.ones_like(t))
-        lt = torch.log(tpos)
         big = torch.finfo(dtype).max
         # t0 guess: halfway to the last time still below 2% of the plateau
         if self.fit_t0:
@@ -240,10 +323,13 @@ class JMAK(ParametricModel):
             t0 = torch.where(t_before > 0, 0.5 * t_before, 0.1 * t_min.clamp_max(1e300))
         else:
             t0 = torch.zeros_like(ymax)
-        tau = (tpos - t0).clamp_min(1e-300)
+        # without t0, tau is tpos itself (positive): the same values at fewer operations
+        tau = (tpos - t0).clamp_min(1e-300) if self.fit_t0 else tpos
         lt = torch.log(tau)
         # Avrami regression
-        mid = valid & (yn > 0.02) & (yn < 0.98) & (tpos > t0)
+        mid = valid & (yn > 0.02) & (yn < 0.98)
+        if self.fit_t0:
+            mid = mid & (tpos > t0)
         yy = torch.log(-torch.log1p(-yn.clamp(0.02, 0.98)))
         m = mid.to(dtype)
         cnt = m.sum(-1, keepdim=True)
