@@ -47,7 +47,7 @@ def test_demo_quick_writes_a_report(tmp_path):
                  "--device", "cpu"], cwd=tmp_path)
     report = (tmp_path / "demo" / "report.md").read_text()
     for section in ("JMAK fits", "Meta-learning JMAK", "Which measurements drove",
-                    "CGCNN property model"):
+                    "CGCNN property model", "A new alloy family", "JMAK from 3 points"):
         assert section in report
     fits = pd.read_csv(tmp_path / "demo" / "kinetics" / "fits.csv")
     assert len(fits) == 36 and fits["converged"].all()
@@ -55,3 +55,20 @@ def test_demo_quick_writes_a_report(tmp_path):
     # the corrupted support point must be the most harmful one
     worst = influence.sort_values("query_loss").iloc[0]
     assert "corrupted" in str(worst.iloc[0])
+
+    demo = tmp_path / "demo"
+    # the alloy stage ranks the held-out system's 4 other compositions, best (max) first, with
+    # intervals around each prediction
+    ranked = pd.read_csv(demo / "alloys" / "screen" / "ranked.csv")
+    t = "bulk_modulus_GPa"
+    assert len(ranked) == 4 and list(ranked["rank"]) == [1, 2, 3, 4]
+    assert (ranked[t].diff().dropna() <= 0).all()
+    assert ((ranked[f"{t}_low90"] < ranked[t]) & (ranked[t] < ranked[f"{t}_high90"])).all()
+    assert len(pd.read_csv(demo / "alloys" / "next.csv")) == 4
+    # 3 noise-free points under the meta-learned prior recover the published half time
+    fit = pd.read_csv(demo / "jmak_prior" / "fit.csv").iloc[0]
+    src = pd.read_csv(ROOT / "data" / "kinetics" / "avrami_reconstructed_curves.csv")
+    published = src[(src["material"] == fit["material"])
+                    & (src["temperature_K"] == fit["temperature_K"])]["t_half_s_published"]
+    assert abs(fit["t_half_s"] / published.iloc[0] - 1) < 0.10
+    assert len(pd.read_csv(demo / "jmak_prior" / "report" / "influence.csv")) == 3

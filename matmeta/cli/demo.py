@@ -35,8 +35,8 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--quick", action="store_true",
                    help="fewer meta-steps and epochs (about a minute; used by CI)")
     p.add_argument("--stages", default=None,
-                   help="comma-separated subset of kinetics,meta-jmak,explain,gnn "
-                        "[default: all]")
+                   help="comma-separated subset of kinetics, meta-jmak, explain, gnn, alloys, "
+                        "jmak-prior [default: all]")
     p.add_argument("--quiet", action="store_true", help="do not echo the commands")
     add_runtime_options(p)
     p.set_defaults(func=run)
