@@ -4,7 +4,9 @@ meta-learned Gaussian priors for parametric laws, and the scores of their predic
 Every head offers ``fit(support) -> posterior`` and ``posterior.predict(query) -> (mean, std)``,
 so an evaluation scores them all the same way (:func:`score_predictions`). The feature heads'
 posteriors also give exact leave-one-out predictions and the exact change of any query prediction
-when one support point is removed, without refitting.
+when one support point is removed, without refitting. On a model with ``features`` the heads are
+also meta-learning algorithms (``MetaSettings(algorithm="bayes_linear" | "gp")``): the features are
+meta-trained through the closed-form fit (:func:`fit_feature_head`, :func:`adapt_head`).
 
 Example:
     >>> from matmeta.bayes import BayesianLinearHead, score_predictions
@@ -29,6 +31,15 @@ from matmeta.bayes._linear import (
     fit_bayes_linear,
     linear_log_evidence,
 )
+from matmeta.bayes._meta import (
+    BAYES_ALGORITHMS,
+    HeadPosterior,
+    adapt_head,
+    fit_feature_head,
+    head_predict,
+    head_query_loss,
+    refit_head,
+)
 from matmeta.bayes._metrics import (
     central_interval,
     gaussian_crps,
@@ -46,12 +57,15 @@ from matmeta.bayes._prior import (
 )
 
 __all__ = [
+    "adapt_head",
     "adapt_parametric",
     "AdaptationHead",
+    "BAYES_ALGORITHMS",
     "BayesianLinearHead",
     "central_interval",
     "cholesky_with_jitter",
     "fit_bayes_linear",
+    "fit_feature_head",
     "fit_gp",
     "gaussian_crps",
     "gaussian_nlpd",
@@ -59,6 +73,9 @@ __all__ = [
     "gp_kernel",
     "gp_log_marginal_likelihood",
     "GPPosterior",
+    "HeadPosterior",
+    "head_predict",
+    "head_query_loss",
     "interval_coverage",
     "JitterWarning",
     "KERNELS",
@@ -69,6 +86,7 @@ __all__ = [
     "ParametricPriorHead",
     "PredictivePosterior",
     "PriorFit",
+    "refit_head",
     "sample_crps",
     "score_head",
     "score_predictions",

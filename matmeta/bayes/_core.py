@@ -177,11 +177,16 @@ def maximise(
 
     def newton_direction(theta: Tensor, args: tuple[Tensor, ...]) -> tuple[Tensor, Tensor]:
         value, g, h = derivs_fn(theta, *args)
-        n = -0.5 * (h + h.transpose(-1, -2))
+        # The few-by-few system is solved in float64 with non-finite entries zeroed: a float32
+        # Hessian of an overflowing likelihood made eigvalsh fail to converge (a crash, not a
+        # NaN); zeroed, the step falls back to the finite part of the gradient.
+        g64 = torch.nan_to_num(g.double(), nan=0.0, posinf=0.0, neginf=0.0)
+        h64 = torch.nan_to_num(h.double(), nan=0.0, posinf=0.0, neginf=0.0)
+        n = -0.5 * (h64 + h64.transpose(-1, -2))
         ev = torch.linalg.eigvalsh(n)
         lam = (-ev.min()).clamp_min(0.0) + 1e-9 * ev.abs().max() + 1e-12
-        eye = torch.eye(theta.shape[-1], dtype=theta.dtype, device=theta.device)
-        step = torch.linalg.solve(n + lam * eye, g)
+        eye = torch.eye(theta.shape[-1], dtype=n.dtype, device=theta.device)
+        step = torch.linalg.solve(n + lam * eye, g64).to(theta.dtype)
         step = torch.nan_to_num(step, nan=0.0, posinf=0.0, neginf=0.0)
         return step * (max_step / step.norm().clamp_min(max_step)), value
 

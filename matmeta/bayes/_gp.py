@@ -190,6 +190,7 @@ def fit_gp(
     bias_var: Tensor | float | None = None,
     noise_var: Tensor | float | None = None,
     init: dict[str, Tensor | float] | None = None,
+    init_shift: Tensor | None = None,
     hyper_std: float | None = 3.0,
     steps: int = 15,
     differentiate: str = "implicit",
@@ -219,6 +220,9 @@ def fit_gp(
         noise_var: fix the noise variance (target units squared) instead of fitting it.
         init: starting values (physical) of any of ``lengthscale``, ``signal_var``,
             ``linear_var``, ``noise_var``; also the hyperprior centre (meta-learnable tensors).
+        init_shift: added to the log of the start of the free hyperparameters, in the order
+            lengthscale, signal_var, linear_var (when ``linear``), noise_var (when fitted): what
+            a meta-learner learns on top of the data-driven start.
         hyper_std: std of the hyperprior on the log hyperparameters; None switches it off.
         steps: Newton steps at most (fewer once converged, outside ``vmap``).
         differentiate: ``"implicit"``, ``"unrolled"`` or ``"none"``.
@@ -258,6 +262,11 @@ def fit_gp(
     else:
         start["noise_var"] = torch.as_tensor(noise_var, dtype=dtype, device=dev)
     centre = torch.log(torch.stack([start[n] for n in names]))
+    if init_shift is not None:
+        if init_shift.numel() != len(names):
+            raise InputError(f"{what}: init_shift has {init_shift.numel()} entries; expected "
+                             f"{len(names)} ({', '.join(names)})")
+        centre = centre + init_shift.to(dtype=dtype, device=dev).reshape(-1)
     fixed_noise = None if noise_var is None else start["noise_var"]
 
     def unpack(theta: Tensor) -> dict[str, Tensor]:

@@ -210,6 +210,7 @@ def fit_bayes_linear(
     alpha: Tensor | float | None = None,
     beta: Tensor | float | None = None,
     init: Tensor | None = None,
+    init_shift: Tensor | None = None,
     hyper_std: float | None = 3.0,
     steps: int = 12,
     differentiate: str = "implicit",
@@ -244,6 +245,8 @@ def fit_bayes_linear(
         init: (2,) starting ``(log alpha, log beta)`` and hyperprior centre (meta-learnable);
             None: a data-driven start (signal variance 3/4, noise 1/4 of the mean square residual
             about the prior mean).
+        init_shift: (2,) added to the start ``(log alpha, log beta)`` (and the hyperprior
+            centre): what a meta-learner learns on top of the data-driven start.
         hyper_std: std of the hyperprior on ``log alpha``, ``log beta``; None switches it off.
         steps: Newton steps at most (each one closed-form gradient and Hessian).
         differentiate: ``"implicit"``, ``"unrolled"`` or ``"none"`` (see ``maximise``).
@@ -281,6 +284,8 @@ def fit_bayes_linear(
     if init is None:
         init = torch.stack([torch.log(fsq / (0.75 * ms)), torch.log(1.0 / (0.25 * ms))])
     init = init.to(dtype=dtype, device=dev)
+    if init_shift is not None:
+        init = init + init_shift.to(dtype=dtype, device=dev).reshape(2)
     fixed = [alpha, beta]
     free = [i for i in range(2) if fixed[i] is None]
     fixed_log = [

@@ -18,7 +18,19 @@ methods (all that apply by default; --methods picks some):
   scratch      fresh initialisation trained on the support set only
   independent  kinetics: a Levenberg-Marquardt fit of each task's support points (k >= 2)
   map          kinetics: MAP fit, prior mean = meta-learned parameters, prior spread = that of
-               independent fits to the meta-train families
+               independent fits to the meta-train families; Laplace predictive std
+  bayes_linear cgcnn: features meta-trained through a Bayesian linear head fitted in closed
+               form on the support (prior and noise precision per task by marginal likelihood)
+  gp           cgcnn: the same with a Gaussian-process head (--kernel) on the features
+  pretrained_bayes_linear, pretrained_gp
+               the same heads on the pretrained model's features (no meta-training)
+  ensemble     opt-in: --ensemble-members meta-learned initialisations trained together, each
+               adapted like meta; its extra noise calibrated on validation families per k
+
+Methods with a predictive std (the heads, ensemble, map) are also scored by CRPS (target or
+log10 units), NLPD (nats) and the coverage of their central 50% and 90% intervals (a calibrated
+90% interval covers ~0.9 of held-out values); point methods show NaN there. A coverage plot is
+written beside the table when any method has a std.
 
 Nothing is chosen or fitted on test families: the target transform (log10 + standardisation for
 cgcnn, standardisation for mlp) is fitted per fold on its meta-train families only. Errors: MAE
@@ -50,6 +62,9 @@ def add_parser(subparsers) -> None:
     p.add_argument("--model", required=True, choices=MODELS, help="model kind")
     p.add_argument("--out", required=True, help="CSV of the results table to write")
     p.add_argument("--plot", default=None, help="learning-curve PNG [default: --out with .png]")
+    p.add_argument("--coverage-plot", default=None,
+                   help="calibration PNG: observed vs nominal interval coverage per method "
+                        "[default: --out with _coverage.png, when a method has a std]")
     p.add_argument("--tasks-out", default=None, help="also write every task's error (CSV)")
     p.add_argument("--json", action="store_true", help="print the table as JSON on stdout")
     g = p.add_argument_group("data and families")
@@ -101,6 +116,18 @@ def add_parser(subparsers) -> None:
     g.add_argument("--outer-lr", type=float, default=1e-3, help="outer Adam rate [1e-3]")
     g.add_argument("--trainable", default=None,
                    help="comma-separated parameters the inner loop adapts (anil: the head)")
+    g = p.add_argument_group("closed-form heads and ensembles")
+    g.add_argument("--head-steps", type=int, default=10,
+                   help="Newton steps of the heads' hyperparameter fit per task [10]")
+    g.add_argument("--head-loss", default="nlpd", choices=("nlpd", "mse"),
+                   help="query loss the heads' features are meta-trained on [nlpd]")
+    g.add_argument("--kernel", default="rbf", choices=("rbf", "matern52"),
+                   help="GP head kernel on the learned features (plus a linear part) [rbf]")
+    g.add_argument("--head-init", default="fresh", choices=("fresh", "pretrained"),
+                   help="where bayes_linear/gp meta-training starts: a fresh initialisation or "
+                        "the fold's pretrained model [fresh]")
+    g.add_argument("--ensemble-members", type=int, default=5,
+                   help="members of the ensemble method [5]")
     g = p.add_argument_group("baselines and model")
     g.add_argument("--pretrain-steps", type=int, default=300,
                    help="Adam steps of pooled pretraining [300]")
@@ -251,7 +278,9 @@ def run(args: argparse.Namespace) -> int:
         shots=_ints(args.shots, "shots"), methods=comma_list(args.methods), metric=args.metric,
         repeats=args.repeats, val_repeats=args.val_repeats, q_query=args.q_query,
         bootstrap=args.bootstrap, level=args.level, seed=args.seed,
-        pretrain_steps=args.pretrain_steps, pretrain_lr=args.pretrain_lr)
+        pretrain_steps=args.pretrain_steps, pretrain_lr=args.pretrain_lr,
+        head_steps=args.head_steps, head_loss=args.head_loss, kernel=args.kernel,
+        ensemble_members=args.ensemble_members, head_init=args.head_init)
     meta = MetaSettings(algorithm=args.algorithm, inner_steps=args.inner_steps,
                         inner_lr=args.inner_lr or (0.1 if parametric else 0.01),
                         trainable=comma_list(args.trainable))
@@ -301,6 +330,13 @@ def run(args: argparse.Namespace) -> int:
     plot_learning_curves(result.table, plot,
                          title=f"{meta.algorithm} on {model.name}: {Path(args.data).name}")
     wrote = [str(out), str(plot)]
+    if result.table[["coverage_50", "coverage_90"]].notna().any().any():
+        from matmeta.plots._evaluate import plot_coverage
+
+        cov_plot = (Path(args.coverage_plot) if args.coverage_plot
+                    else out.with_name(out.stem + "_coverage.png"))
+        plot_coverage(result.table, cov_plot, title=f"Calibration on {Path(args.data).name}")
+        wrote.append(str(cov_plot))
     if args.tasks_out:
         from matmeta.checkpoint import atomic_write_text
 
@@ -312,7 +348,10 @@ def run(args: argparse.Namespace) -> int:
     import pandas as pd
 
     with pd.option_context("display.width", 120, "display.max_columns", 20):
-        print(result.table.drop(columns=["chosen", "units"]).to_string(
+        shown = result.table.drop(columns=["chosen", "units", "crps_ci_low", "crps_ci_high"])
+        if shown[["crps", "nlpd", "coverage_50", "coverage_90"]].isna().all().all():
+            shown = shown.drop(columns=["crps", "nlpd", "coverage_50", "coverage_90"])
+        print(shown.to_string(
             index=False, float_format=lambda v: f"{v:.4g}"))
     for line in result.notes:
         print(f"note: {line}")

@@ -1,7 +1,8 @@
 """Influence of each support sample on an adaptation: requests, estimators, agreement with LOO.
 
 The request (:class:`InfluenceRequest`) says what to measure; an estimator (``loo``,
-``unrolled``, ``implicit``, ``tracin``) says how. Every score follows one sign convention:
+``unrolled``, ``implicit``, ``tracin``; ``exact_closed_form`` for Bayesian linear and GP heads,
+refit-free) says how. Every score follows one sign convention:
 ``target(adapted without the sample) - target(adapted with all)``; for the query loss, positive
 means the sample helped, negative that it hurt.
 
@@ -11,9 +12,11 @@ Example:
     ...              estimator="unrolled", check_loo=True)
 """
 
+from matmeta.influence._closed_form import head_loo_influence
 from matmeta.influence._estimators import (
     ESTIMATORS,
     InfluenceScores,
+    closed_form_influence,
     estimate,
     implicit_influence,
     loo_influence,
@@ -31,12 +34,14 @@ from matmeta.influence._request import SIGN_CONVENTION, InfluenceRequest
 
 __all__ = [
     "agreement",
+    "closed_form_influence",
     "DuplicateSampleWarning",
     "estimate",
     "ESTIMATORS",
     "explain",
     "explain_request",
     "find_duplicates",
+    "head_loo_influence",
     "implicit_influence",
     "InfluenceRequest",
     "InfluenceScores",

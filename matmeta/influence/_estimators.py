@@ -34,6 +34,7 @@ __all__ = [
     "unrolled_influence",
     "implicit_influence",
     "tracin_influence",
+    "closed_form_influence",
 ]
 
 
@@ -102,6 +103,11 @@ def loo_influence(request: InfluenceRequest, *, mode: str = "auto",
     """
     if mode not in ("auto", "vmap", "loop"):
         raise InputError(f"leave-one-out mode {mode!r}: expected auto, vmap or loop")
+    if getattr(request, "head", None) is not None:
+        from matmeta.influence._closed_form import head_loo_influence
+
+        # a head's own adaptation refits its hyperparameters on every subset
+        return head_loo_influence(request, hyper="refit")
     w0 = request.weight
     k = request.num_support
     with torch.no_grad():
@@ -464,7 +470,16 @@ def _edges(samples: Any) -> int:
     return 0 if edges is None else int(edges.shape[-1])
 
 
+def closed_form_influence(request: InfluenceRequest, **options: Any) -> InfluenceScores:
+    """Exact, refit-free leave-one-out of a closed-form head (see
+    :mod:`matmeta.influence._closed_form`)."""
+    from matmeta.influence._closed_form import closed_form_influence as exact
+
+    return exact(request, **options)
+
+
 ESTIMATORS: dict[str, Callable[..., InfluenceScores]] = {
+    "exact_closed_form": closed_form_influence,
     "implicit": implicit_influence,
     "loo": loo_influence,
     "tracin": tracin_influence,
@@ -481,6 +496,11 @@ def estimate(request: InfluenceRequest, estimator: str | Callable[..., Influence
     """
     if callable(estimator):
         return estimator(request, **options)
+    if getattr(request, "head", None) is not None and estimator not in ("exact_closed_form",
+                                                                          "loo"):
+        raise InputError(f"estimator {estimator!r} differentiates an inner loop; a "
+                         f"{request.head['algorithm']} head is fitted in closed form: use "
+                         "'exact_closed_form' (or 'loo' for brute-force refits)")
     if estimator not in ESTIMATORS:
         raise InputError(f"unknown influence estimator {estimator!r}: expected "
                          f"{', '.join(sorted(ESTIMATORS))}")

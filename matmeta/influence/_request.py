@@ -46,7 +46,11 @@ _INNER_ALIASES = {
 # Settings that do not change the adapted parameters (how a meta-gradient flows, or what a meta
 # checkpoint's inner record says about training), so the record of `MetaResult.inner()` and of
 # a meta checkpoint can be passed as it is.
-_INNER_IGNORED = {"first_order", "algorithm", "train_steps"}
+_INNER_IGNORED = {"first_order", "algorithm", "train_steps", "kernel", "head_loss"}
+# Adaptations that fit a closed-form head on the model's features (matmeta.bayes._meta): the
+# request then describes the head fit, not an inner loop.
+HEAD_ALGORITHMS = ("bayes_linear", "gp")
+HEAD_TARGETS = ("query_loss", "prediction")
 # "params" expands to one column per parameter element; beyond this, name them one by one.
 MAX_PARAM_COLUMNS = 256
 
@@ -101,7 +105,11 @@ class InfluenceRequest:
         support: the support samples; their ``weight`` (or ones) is the weighting explained.
         inner: inner-loop settings: ``steps``, ``lr``, optionally ``per_param_lr``, ``trainable``,
             ``proximal`` (``inner_steps``/``inner_lr`` also accepted; ``first_order`` ignored, it
-            does not change the adapted parameters).
+            does not change the adapted parameters). With ``algorithm`` ``"bayes_linear"`` or
+            ``"gp"`` (a head checkpoint's inner record) the adaptation is that closed-form head
+            fitted on the model's features (``steps``: its Newton steps; ``kernel`` for the GP);
+            only ``query_loss`` and ``prediction`` targets apply, and the estimators are
+            ``exact_closed_form`` and ``loo`` (brute-force refits).
         query: query samples (labels needed only for ``query_loss``).
         targets: any of ``"query_loss"``, ``"prediction"`` (one column per query sample),
             ``"params"`` (one column per trainable parameter element), ``"param:NAME"`` (one
@@ -122,7 +130,16 @@ class InfluenceRequest:
     _names: list[str] | None = field(default=None, init=False, repr=False)
 
     def __post_init__(self) -> None:
-        self.inner = normalize_inner(self.inner)
+        self.head: dict[str, Any] | None = _head_settings(self.inner)
+        if self.head is not None:
+            self.inner = {"steps": self.head["steps"], "lr": 0.0, "proximal": 0.0}
+            bad = [t for t in ([self.targets] if isinstance(self.targets, str) else self.targets)
+                   if t not in HEAD_TARGETS]
+            if bad:
+                raise InputError(f"target {bad[0]!r}: a {self.head['algorithm']} head's "
+                                 f"influence is on {' or '.join(HEAD_TARGETS)}")
+        else:
+            self.inner = normalize_inner(self.inner)
         if isinstance(self.targets, str):
             self.targets = (self.targets,)
         self.targets = tuple(self.targets)
@@ -167,8 +184,19 @@ class InfluenceRequest:
     def with_weight(self, weight: Tensor) -> Samples:
         return Samples(self.support.inputs, self.support.y, weight)
 
+    def fit_head(self, keep: Sequence[int] | None = None, fixed: Any = None) -> Any:
+        """Fit the request's closed-form head on the support (or on the rows ``keep``); with
+        ``fixed`` (a fitted :class:`~matmeta.bayes._meta.HeadPosterior`) its hyperparameters are
+        held instead of refitted."""
+        from matmeta.bayes._meta import refit_head
+
+        return refit_head(self.model, self.params, self.support, self.head, keep, fixed)
+
     def adapt(self, weight: Tensor | None = None, return_trajectory: bool = False):
         """Run the inner loop as the request describes, with support weights ``weight``."""
+        if self.head is not None:
+            raise InputError(f"a {self.head['algorithm']} head is fitted in closed form, not by "
+                             "an inner loop: use the estimator 'exact_closed_form' (or 'loo')")
         w = self.weight if weight is None else weight
         return inner_loop(self.model, self.params, self.with_weight(w),
                           return_trajectory=return_trajectory, **self.inner)
@@ -304,6 +332,15 @@ class InfluenceRequest:
                 key = self._physical_key(t, phys)
                 parts.append(phys[key].reshape(-1)[:1].to(self.support.y.dtype))
         return torch.cat([p.to(self.support.y.dtype) for p in parts])
+
+
+def _head_settings(inner: Mapping[str, Any]) -> dict[str, Any] | None:
+    alg = dict(inner).get("algorithm")
+    if alg not in HEAD_ALGORITHMS:
+        return None
+    steps = dict(inner).get("steps", dict(inner).get("inner_steps", 10))
+    return {"algorithm": alg, "steps": max(int(steps), 1),
+            "kernel": str(dict(inner).get("kernel", "rbf"))}
 
 
 def _param_columns(params: Params, keys: Sequence[str]) -> list[str]:

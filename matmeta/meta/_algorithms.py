@@ -20,6 +20,10 @@ Algorithms (``MetaSettings.algorithm``):
 - ``imaml``: implicit MAML: the inner problem is the support loss plus
   ``proximal / 2 * ||phi - params||^2``; the meta-gradient ``(I + H / proximal)^-1 g_query`` is
   solved by conjugate gradients on Hessian-vector products (``torch.func.jvp`` of ``grad``).
+- ``bayes_linear`` / ``gp``: adaptation fits a Bayesian linear or GP head in closed form on the
+  model's features (hyperparameters per task by marginal likelihood, ``inner_steps`` Newton
+  steps); the task loss is the query NLPD (``head_loss="mse"``: query MSE), differentiated
+  through the fit (:mod:`matmeta.bayes._meta`).
 
 Example:
     >>> settings = MetaSettings(algorithm="maml", inner_steps=5, inner_lr=0.01)
@@ -58,8 +62,11 @@ __all__ = [
     "query_losses",
 ]
 
-ALGORITHMS = ("anil", "fomaml", "imaml", "maml", "metasgd", "reptile")
+ALGORITHMS = ("anil", "bayes_linear", "fomaml", "gp", "imaml", "maml", "metasgd", "reptile")
+# adaptation = a closed-form head fitted on the model's features (matmeta.bayes._meta)
+HEAD_ALGORITHMS = ("bayes_linear", "gp")
 LR_PREFIX = "inner_lr::"
+HEAD_PREFIX = "head_hyper::"
 
 
 @dataclass
@@ -82,6 +89,8 @@ class MetaSettings:
         batching: ``"auto"`` (vmap for equally sized tensor-input tasks, loop otherwise),
             ``"vmap"`` or ``"loop"``. (Hand-batched per-task parameters, bmm without vmap, were
             measured no faster than vmap for the MLP: benchmarks/meta.md.)
+        head_loss: head algorithms: the query loss, ``"nlpd"`` (nats) or ``"mse"``.
+        kernel: ``gp``: ``"rbf"`` or ``"matern52"`` (plus a linear part).
     """
 
     algorithm: str = "maml"
@@ -92,6 +101,8 @@ class MetaSettings:
     proximal: float = 1.0
     cg_steps: int = 10
     batching: str = "auto"
+    head_loss: str = "nlpd"
+    kernel: str = "rbf"
 
     def __post_init__(self) -> None:
         if self.algorithm not in ALGORITHMS:
@@ -109,6 +120,10 @@ class MetaSettings:
             raise InputError(f"batching {self.batching!r}: expected auto, vmap or loop")
         if self.trainable is not None:
             self.trainable = list(self.trainable)
+        if self.head_loss not in ("nlpd", "mse"):
+            raise InputError(f"head_loss {self.head_loss!r}: expected nlpd or mse")
+        if self.kernel not in ("rbf", "matern52"):
+            raise InputError(f"kernel {self.kernel!r}: expected rbf or matern52")
 
     @property
     def steps_at_eval(self) -> int:
@@ -134,8 +149,10 @@ class MetaSettings:
 
 
 def model_params(meta_params: Params) -> Params:
-    """The model's parameters inside a meta-parameter dict (drops Meta-SGD's rates)."""
-    return {k: v for k, v in meta_params.items() if not k.startswith(LR_PREFIX)}
+    """The model's parameters inside a meta-parameter dict (drops Meta-SGD's rates and the
+    heads' ``head_hyper::`` hyperparameter shift)."""
+    return {k: v for k, v in meta_params.items()
+            if not k.startswith(LR_PREFIX) and not k.startswith(HEAD_PREFIX)}
 
 
 def inner_rates(meta_params: Params) -> Params | None:
@@ -158,6 +175,11 @@ def init_meta_params(model: FunctionalModel, params: Params, settings: MetaSetti
         names = settings.trainable if settings.trainable is not None else list(params)
         for k in names:
             out[LR_PREFIX + k] = torch.full_like(params[k], math.log(settings.inner_lr))
+    if settings.algorithm in HEAD_ALGORITHMS:
+        from matmeta.bayes._meta import _check_model, init_head_hyper
+
+        _check_model(model, settings.algorithm)
+        out.update(init_head_hyper(out, settings.algorithm, settings.kernel))
     return out
 
 
@@ -178,6 +200,11 @@ def adapt_params(model: FunctionalModel, meta_params: Params, support: Samples,
         The model's adapted parameter dict (no Meta-SGD rates).
     """
     settings = settings.resolve(model)
+    if settings.algorithm in HEAD_ALGORITHMS:
+        # a Bayesian linear head's posterior mean is an output layer; a GP head has no such form
+        from matmeta.bayes._meta import adapt_head, head_as_params
+
+        return head_as_params(model, adapt_head(model, meta_params, support, settings, steps))
     steps = settings.steps_at_eval if steps is None else int(steps)
     proximal = float(settings.proximal) if settings.algorithm == "imaml" else 0.0
     return inner_loop(model, model_params(meta_params), support, steps=steps,
@@ -193,6 +220,10 @@ def adapt_and_predict(model: FunctionalModel, meta_params: Params, support: Samp
     Example:
         >>> pred = adapt_and_predict(model, meta, task.support, task.query.inputs, settings)
     """
+    if settings.algorithm in HEAD_ALGORITHMS:
+        from matmeta.bayes._meta import head_predict
+
+        return head_predict(model, meta_params, support, query_inputs, settings)[0]
     adapted = adapt_params(model, {k: v.detach() for k, v in meta_params.items()}, support,
                            settings, steps=steps)
     return model.forward(adapted, query_inputs).detach()
@@ -295,6 +326,10 @@ def task_meta_gradient(model: FunctionalModel, settings: MetaSettings):
     """
     settings = settings.resolve(model)
     alg = settings.algorithm
+    if alg in HEAD_ALGORITHMS:
+        from matmeta.bayes._meta import head_meta_task
+
+        return head_meta_task(model, settings)
     if alg in ("maml", "anil", "metasgd"):
         return _maml_task(model, settings, first_order=False)
     if alg == "fomaml":
@@ -305,6 +340,8 @@ def task_meta_gradient(model: FunctionalModel, settings: MetaSettings):
 
 
 def _batching(tasks: Sequence[Task], settings: MetaSettings) -> str:
+    if settings.algorithm in HEAD_ALGORITHMS:
+        return "loop"  # the head's fit stops its Newton steps early per task
     tensors = all(isinstance(t.support.inputs, Tensor) and isinstance(t.query.inputs, Tensor)
                   for t in tasks)
     same = tensors and len({(tuple(t.support.inputs.shape), tuple(t.query.inputs.shape))
@@ -383,8 +420,20 @@ def query_losses(model: FunctionalModel, meta_params: Params, tasks: Sequence[Ta
     """Each task's query loss after adapting with ``steps`` (default: evaluation) inner steps."""
     settings = settings.resolve(model)
     meta = {k: v.detach() for k, v in meta_params.items()}
+    head = settings.algorithm in HEAD_ALGORITHMS
+    if head:
+        # the task loss the head algorithm meta-trains on (query NLPD or MSE)
+        from matmeta.bayes._meta import head_query_loss
     out = []
     for t in tasks:
+        if head:
+            with torch.no_grad():
+                loss = head_query_loss(model, meta, t.support, t.query, settings.algorithm,
+                                       steps=settings.steps_at_eval if steps is None else steps,
+                                       loss=settings.head_loss, kernel=settings.kernel,
+                                       differentiate="none")
+            out.append(loss)
+            continue
         adapted = adapt_params(model, meta, t.support, settings, steps=steps)
         out.append(sample_loss(model, adapted, t.query).detach())
     if not out:

@@ -17,7 +17,17 @@ samples as query) are given to each method:
 - parametric laws only: ``independent`` (a Levenberg-Marquardt fit of each task's support,
   :func:`matmeta.fitting.fit_curves`) and ``map`` (a MAP fit whose prior mean is the meta-learned
   initialisation and whose spread is that of independent fits to the meta-train families; the
-  measurement noise that weighs data against the prior is chosen on meta-validation families).
+  measurement noise that weighs data against the prior is chosen on meta-validation families;
+  its predictive std is the Laplace one, ``J cov J^T`` plus that noise);
+- models with ``features`` only: ``bayes_linear`` and ``gp`` (features meta-trained through a
+  closed-form Bayesian linear or GP head, :mod:`matmeta.bayes._meta`; adaptation fits the head,
+  hyperparameters per task by marginal likelihood) and ``pretrained_bayes_linear`` /
+  ``pretrained_gp`` (the same heads on the pretrained model's features, no meta-training);
+- ``ensemble``: deep ensemble of meta-learned initialisations (:mod:`matmeta.meta._ensemble`),
+  adapted member by member, its extra noise calibrated on meta-validation families per k.
+
+Methods with a predictive std (the heads, ``ensemble``, ``map``) are also scored by CRPS, NLPD
+and the coverage of their central 50% and 90% intervals; point methods get NaN there.
 
 Nothing is chosen or fitted on test families: a target transform (``target_transform``, a kind)
 is fitted per fold on that fold's meta-train families only. Errors (MAE, or RMSE for kinetics
@@ -75,8 +85,13 @@ __all__ = [
 
 DEFAULT_SHOTS = (1, 2, 5, 10, 20)
 EVAL_METHODS = ("meta", "meta_init", "pretrained", "finetune", "offset", "scratch",
-                "independent", "map")
+                "independent", "map", "bayes_linear", "gp", "pretrained_bayes_linear",
+                "pretrained_gp", "ensemble")
 PARAMETRIC_ONLY = ("independent", "map")
+FEATURE_ONLY = ("bayes_linear", "gp", "pretrained_bayes_linear", "pretrained_gp")
+# not in the default set: it trains `ensemble_members` meta-learners per fold
+OPT_IN = ("ensemble",)
+UNCERTAINTY_COLUMNS = ("crps", "nlpd", "coverage_50", "coverage_90")
 
 
 @dataclass
@@ -105,6 +120,18 @@ class EvaluationSettings:
         pretrain_lr: its rate (None: by model kind).
         pretrain_batch: samples per pretraining mini-batch.
         noise_stds: measurement std (target units) tried for ``map``.
+        head_steps: Newton steps of the heads' hyperparameter fit (meta-training and
+            adaptation of ``bayes_linear``/``gp`` and their pretrained variants).
+        head_loss: the heads' meta-training query loss, ``"nlpd"`` or ``"mse"``.
+        kernel: the GP head's kernel, ``"rbf"`` or ``"matern52"``.
+        ensemble_members: members of ``ensemble``.
+        head_init: where ``bayes_linear``/``gp`` meta-training starts: ``"fresh"`` (a new
+            initialisation, as the gradient meta-learners) or ``"pretrained"`` (the fold's
+            pretrained parameters).
+        error_space: ``"auto"`` (errors in log10 units for a log target transform, else in the
+            target's units) or ``"target"`` (errors back in the target's units, e.g. MPa, also
+            under a log transform). Uncertainty scores stay in the ``"auto"`` space, where the
+            predictive distribution is Gaussian (coverage is the same in either space).
         bootstrap: bootstrap resamples of groups.
         level: coverage of the interval (0.9).
         seed: seeds the splits, task draws, pretraining and the bootstrap.
@@ -127,6 +154,12 @@ class EvaluationSettings:
     pretrain_lr: float | None = None
     pretrain_batch: int = 64
     noise_stds: tuple[float, ...] = (0.02, 0.05, 0.1, 0.2)
+    head_steps: int = 10
+    head_loss: str = "nlpd"
+    kernel: str = "rbf"
+    ensemble_members: int = 5
+    head_init: str = "fresh"
+    error_space: str = "auto"
     bootstrap: int = 2000
     level: float = 0.9
     seed: int = 0
@@ -146,7 +179,19 @@ class EvaluationSettings:
                 raise InputError("no evaluation methods given")
         if self.metric not in ("auto", "mae", "rmse"):
             raise InputError(f"metric {self.metric!r}: expected mae, rmse or auto")
-        for name in ("repeats", "val_repeats", "pretrain_steps", "pretrain_batch", "bootstrap"):
+        if self.head_loss not in ("nlpd", "mse"):
+            raise InputError(f"head_loss {self.head_loss!r}: expected nlpd or mse")
+        if self.kernel not in ("rbf", "matern52"):
+            raise InputError(f"kernel {self.kernel!r}: expected rbf or matern52")
+        if self.head_init not in ("fresh", "pretrained"):
+            raise InputError(f"head_init {self.head_init!r}: expected fresh or pretrained")
+        if self.error_space not in ("auto", "target"):
+            raise InputError(f"error_space {self.error_space!r}: expected auto or target")
+        if int(self.ensemble_members) < 2:
+            raise InputError(f"ensemble_members {self.ensemble_members}: an ensemble needs at "
+                             "least 2 members")
+        for name in ("repeats", "val_repeats", "pretrain_steps", "pretrain_batch", "bootstrap",
+                     "head_steps"):
             if int(getattr(self, name)) < 1:
                 raise InputError(f"{name} {getattr(self, name)}: expected a positive integer")
         if self.q_query is not None and int(self.q_query) < 1:
@@ -179,8 +224,13 @@ class EvaluationResult:
             tasks), ``n_groups``, ``n_tasks``, ``chosen`` (hyperparameters chosen on
             meta-validation families, the distinct choices over folds joined by ``;``: meta
             ``[steps, inner-rate scale]``, finetune ``[steps, rate]``, offset ``lambda``,
-            scratch ``steps``, map ``noise std``), ``metric`` and ``units``.
-        tasks: one row per (fold, family, k, repeat, method) with the task's error.
+            scratch ``steps``, map ``noise std``), ``metric`` and ``units``; for methods with a
+            predictive std also ``crps`` (report units; ``crps_ci_low``/``crps_ci_high``),
+            ``nlpd`` (nats), ``coverage_50`` and ``coverage_90`` (fraction of query values in
+            the central interval; each the mean over groups of per-group task means), NaN for
+            point methods.
+        tasks: one row per (fold, family, k, repeat, method) with the task's error and the
+            uncertainty scores.
         too_small: test families with too few samples for a k (``n_samples`` <= k).
         folds: per fold, the group names of meta-train, meta-validation and test families,
             and the target transform fitted on its meta-train families (``target_transform``).
@@ -479,6 +529,9 @@ class _Context:
         self.finetune_lrs: tuple[float, ...] = (0.01,)
         self.scratch_lr = 0.01
         self.fallbacks: dict[str, int] = {}
+        self.head_meta: dict[str, Params] = {}
+        self.ensemble: Any = None
+        self.jitter: dict[str, list[float]] = {}
 
     def meta_options(self, batch: Batch, only: list | None = None) -> list[dict[Any, Tensor]]:
         meta = self.meta
@@ -550,6 +603,67 @@ class _Context:
                 o[noise] = p
         return out
 
+    # -- methods with a predictive std ---------------------------------------------------------
+    def _head(self, batch: Batch, algorithm: str, params: Params, name: str
+              ) -> list[dict[Any, tuple[Tensor, Tensor]]]:
+        import warnings
+
+        from matmeta.bayes._core import JitterWarning
+        from matmeta.bayes._meta import fit_feature_head
+        from matmeta.errors import ConvergenceError
+
+        base, shift = {}, None
+        for key, v in params.items():
+            if key.startswith("head_hyper::"):
+                shift = v
+            elif not key.startswith("inner_lr::"):
+                base[key] = v
+        out = []
+        for s, q in batch:
+            with warnings.catch_warnings(record=True) as caught, torch.no_grad():
+                warnings.simplefilter("always", JitterWarning)
+                try:
+                    post = fit_feature_head(self.model, base, s, algorithm, shift=shift,
+                                            steps=self.settings.head_steps,
+                                            kernel=self.settings.kernel, differentiate="none")
+                    mean, std = post.predict(q.inputs)
+                    jit = post.posterior.jitter
+                except ConvergenceError:
+                    # a support the head cannot factorise even with jitter: the prior mean,
+                    # with no uncertainty to score, counted in the notes
+                    self.fallbacks[name] = self.fallbacks.get(name, 0) + 1
+                    out.append({None: self.model.forward(base, q.inputs).detach()})
+                    continue
+            for w in caught:
+                if not issubclass(w.category, JitterWarning):
+                    warnings.warn_explicit(w.message, w.category, w.filename, w.lineno)
+            if jit > 0:
+                self.jitter.setdefault(name, []).append(float(jit))
+            out.append({None: (mean.detach(), std.detach())})
+        return out
+
+    def bayes_linear_options(self, batch: Batch, only: list | None = None) -> list[dict]:
+        return self._head(batch, "bayes_linear", self.head_meta["bayes_linear"], "bayes_linear")
+
+    def gp_options(self, batch: Batch, only: list | None = None) -> list[dict]:
+        return self._head(batch, "gp", self.head_meta["gp"], "gp")
+
+    def pretrained_bayes_linear_options(self, batch: Batch, only: list | None = None
+                                        ) -> list[dict]:
+        return self._head(batch, "bayes_linear", self.pretrained, "pretrained_bayes_linear")
+
+    def pretrained_gp_options(self, batch: Batch, only: list | None = None) -> list[dict]:
+        return self._head(batch, "gp", self.pretrained, "pretrained_gp")
+
+    def ensemble_options(self, batch: Batch, only: list | None = None) -> list[dict]:
+        from matmeta.meta._ensemble import ensemble_predict
+
+        out = []
+        for s, q in batch:
+            mean, std = ensemble_predict(self.ensemble, s, q.inputs)
+            out.append({None: (mean.detach(), std.detach())})
+        return out
+
     def _fit(self, batch: Batch, prior: float | None) -> list[Tensor]:
         """Batched Levenberg-Marquardt fits of every task's support (MAP with a prior)."""
         from matmeta.fitting import fit_curves
@@ -568,6 +682,7 @@ class _Context:
         ok = [j for j, (s, _) in enumerate(batch)
               if len(s.y) >= need and (len(s.y) == 1 or float(s.y.max()) > float(s.y.min()))]
         thetas: dict[int, Tensor] = {}
+        covs: dict[int, Tensor] = {}
 
         def fit(idx: list[int]) -> None:
             sup = [batch[j][0] for j in idx]
@@ -575,9 +690,11 @@ class _Context:
                              [s.y.detach().double().cpu() for s in sup], prior=pr,
                              weight=None if sup[0].weight is None
                              else [s.weight.double().cpu() for s in sup])
-            for j, th in zip(idx, res.theta, strict=True):
+            for j, th, cov in zip(idx, res.theta, res.cov, strict=True):
                 if bool(torch.isfinite(th).all()):
                     thetas[j] = th
+                    if bool(torch.isfinite(cov).all()):
+                        covs[j] = cov
 
         if ok:
             try:
@@ -600,8 +717,18 @@ class _Context:
                     out.append(torch.full_like(q.y, float(s.y.mean())))
                     continue
                 theta = self.prior_mean
-            params = model.unflatten(theta.to(device=q.y.device, dtype=q.y.dtype))
-            out.append(model.forward(params, q.inputs).detach())
+            theta = theta.to(device=q.y.device, dtype=q.y.dtype)
+            pred = model.forward(model.unflatten(theta), q.inputs).detach()
+            if prior is None or j not in thetas or j not in covs:
+                out.append(pred)
+                continue
+            # Laplace predictive std: the posterior covariance of theta pushed through the
+            # law's Jacobian at the query inputs, plus the measurement noise MAP assumed
+            jac = torch.func.jacrev(
+                lambda th, x=q.inputs: model.forward(model.unflatten(th), x))(theta)
+            cov = covs[j].to(jac)
+            var = ((jac @ cov) * jac).sum(-1) + float(prior) ** 2
+            out.append((pred, var.clamp_min(0).sqrt().detach()))
         return out
 
 
@@ -615,7 +742,34 @@ def _resolve(model: FunctionalModel, settings: EvaluationSettings
     return parametric, tuple(float(v) for v in lrs), float(scratch_lr), float(pre_lr)
 
 
-def _error(pred: Tensor, y: Tensor, metric: str, report: Callable[[Tensor], Tensor]) -> float:
+def _mean_std(pred: Tensor | tuple[Tensor, Tensor]) -> tuple[Tensor, Tensor | None]:
+    return pred if isinstance(pred, tuple) else (pred, None)
+
+
+def _uncertainty(pred: Tensor | tuple[Tensor, Tensor], y: Tensor,
+                 report: Callable[[Tensor], Tensor]) -> dict[str, float]:
+    """CRPS, NLPD and 50%/90% coverage in report units; NaN for point predictions.
+
+    Every report map is affine (standardisation, log10 of a standardised target), so a std maps
+    as ``|report(mean + std) - report(mean)|``.
+    """
+    mean, std = _mean_std(pred)
+    if std is None:
+        return dict.fromkeys(UNCERTAINTY_COLUMNS, math.nan)
+    from matmeta.bayes._metrics import score_predictions
+
+    m = report(mean.double())
+    sd = (report(mean.double() + std.double()) - m).abs()
+    # an ensemble whose members agree exactly (and no calibrated noise) has std 0: scored with
+    # the smallest positive std rather than refused, so NLPD shows how overconfident it is
+    sd = sd.clamp_min(torch.finfo(sd.dtype).tiny)
+    scores = score_predictions(m, sd, report(y.double()))
+    return {c: scores[c] for c in UNCERTAINTY_COLUMNS}
+
+
+def _error(pred: Tensor | tuple[Tensor, Tensor], y: Tensor, metric: str,
+           report: Callable[[Tensor], Tensor]) -> float:
+    pred = _mean_std(pred)[0]
     diff = report(pred.double()) - report(y.double())
     if metric == "rmse":
         return float(torch.sqrt((diff**2).mean()))
@@ -739,12 +893,26 @@ def evaluate(model: FunctionalModel, families: Sequence[Family], *,
     device = torch.device(device)
     parametric, ft_lrs, scratch_lr, pre_lr = _resolve(model, settings)
     metric = settings.metric if settings.metric != "auto" else ("rmse" if parametric else "mae")
-    methods = settings.methods or tuple(m for m in EVAL_METHODS
-                                        if parametric or m not in PARAMETRIC_ONLY)
+    has_features = callable(getattr(model, "features", None)) and callable(
+        getattr(model, "head_names", None))
+    methods = settings.methods or tuple(
+        m for m in EVAL_METHODS if m not in OPT_IN and (parametric or m not in PARAMETRIC_ONLY)
+        and (has_features or m not in FEATURE_ONLY))
     wrong = [m for m in methods if m in PARAMETRIC_ONLY and not parametric]
     if wrong:
         raise InputError(f"method {wrong[0]!r} fits a parametric law; model {model.name!r} is "
                          "not one")
+    wrong = [m for m in methods if m in FEATURE_ONLY and not has_features]
+    if wrong:
+        raise InputError(f"method {wrong[0]!r} fits a head on the model's features; model "
+                         f"{model.name!r} has no features(params, inputs)")
+    if "ensemble" in methods:
+        try:
+            from matmeta.meta import _ensemble  # noqa: F401
+        except ImportError as exc:
+            raise InputError("method 'ensemble' needs matmeta.meta._ensemble (deep ensembles of "
+                             "meta-learned initialisations), which this installation lacks"
+                             ) from exc
     if not families:
         raise InputError("no families to evaluate")
     tkind = _transform_kind(target_transform, families)
@@ -776,6 +944,7 @@ def evaluate(model: FunctionalModel, families: Sequence[Family], *,
     small: list[dict[str, Any]] = []
     fold_info: list[dict[str, Any]] = []
     fallbacks: dict[str, int] = {}
+    jitters: dict[str, list[float]] = {}
     for fi, (train_f, val_f, test_f) in enumerate(tqdm(folds, desc="evaluate folds",
                                                         disable=not show, leave=False)):
         _check_no_leak(train_f, val_f, test_f)
@@ -786,6 +955,8 @@ def evaluate(model: FunctionalModel, families: Sequence[Family], *,
             train_f, val_f, test_f = (transform_families(list(x), tt)
                                       for x in (train_f, val_f, test_f))
         report = _report_fn(tt)
+        report_error = (tt.inverse if tt is not None and settings.error_space == "target"
+                        else report)
         ctx = _Context(model, settings, meta, device)
         ctx.finetune_lrs, ctx.scratch_lr = ft_lrs, scratch_lr
         ctx.scratch_seed = settings.seed + 1000 * fi
@@ -798,20 +969,44 @@ def evaluate(model: FunctionalModel, families: Sequence[Family], *,
                                                      settings.seed + fi)
             info["meta_train_left_out"] = left
             notes.extend(f"fold {fi}, meta-training: {line}" for line in left)
-        if {"pretrained", "finetune", "offset"} & set(methods):
+        if "ensemble" in methods:
+            ctx.ensemble = _ensemble_fold(model, train_f, val_f, meta, mts, device,
+                                          settings.seed + fi, settings.ensemble_members)
+        from_pretrained = settings.head_init == "pretrained" and {"bayes_linear",
+                                                                   "gp"} & set(methods)
+        if from_pretrained or {"pretrained", "finetune", "offset", "pretrained_bayes_linear",
+                               "pretrained_gp"} & set(methods):
             init = None
             if parametric:
                 init = _init_params(model, settings.seed, train_f[0].y.dtype)
             ctx.pretrained = pretrain(model, train_f, val_f, steps=settings.pretrain_steps,
                                       lr=pre_lr, batch_size=settings.pretrain_batch,
                                       seed=settings.seed + fi, init=init, device=device)
+        for alg in ("bayes_linear", "gp"):
+            if alg in methods:
+                head_settings = MetaSettings(alg, inner_steps=settings.head_steps,
+                                             head_loss=settings.head_loss,
+                                             kernel=settings.kernel)
+                ctx.head_meta[alg], left = _meta_train_fold(
+                    model, train_f, val_f, head_settings, mts, device, settings.seed + fi,
+                    init=ctx.pretrained if settings.head_init == "pretrained" else None)
+                notes.extend(f"fold {fi}, {alg} meta-training: {line}" for line in left)
         if "map" in methods:
             ctx.prior_mean, ctx.prior_std = _prior_from_fits(model, ctx.meta_params, train_f)
             info["prior"] = {"names": list(model.flat_names),
                              "mean": ctx.prior_mean.tolist(), "std": ctx.prior_std.tolist()}
         chosen_prev: dict[str, Any] = {}
         for k in shots:
-            chosen = _choose(ctx, methods, val_f, k, settings, metric, report, chosen_prev)
+            if ctx.ensemble is not None:
+                from matmeta.meta._ensemble import calibrate_noise
+
+                usable = [f for f in val_f if len(f) > k]
+                if usable:
+                    ctx.ensemble.noise_std = float(calibrate_noise(
+                        ctx.ensemble, usable, k, tasks=32, seed=settings.seed + 99991))
+                info.setdefault("ensemble_noise_std", {})[str(k)] = ctx.ensemble.noise_std
+            chosen = _choose(ctx, methods, val_f, k, settings, metric, report_error,
+                             chosen_prev)
             chosen_prev = chosen
             info["chosen"][str(k)] = {m: _plain(v) for m, v in chosen.items()}
             keys, batch = [], []
@@ -829,22 +1024,39 @@ def evaluate(model: FunctionalModel, families: Sequence[Family], *,
             for m in methods:
                 if m == "independent" and k < model.num_params:
                     continue
+                if m in FEATURE_ONLY and k < 2:
+                    continue
                 preds = getattr(ctx, f"{m}_options")(batch, [chosen[m]])
                 for (fam, r), (_, q), opts in zip(keys, batch, preds, strict=True):
+                    pred = opts[chosen[m]] if chosen[m] in opts else next(iter(opts.values()))
                     rows.append({"fold": fi, "group": fam.group, "family": fam.name, "k": k,
                                  "repeat": r, "method": m,
-                                 "error": _error(opts[chosen[m]], q.y, metric, report)})
+                                 "error": _error(pred, q.y, metric, report_error),
+                                 **_uncertainty(pred, q.y, report)})
         for m, n in ctx.fallbacks.items():
             fallbacks[m] = fallbacks.get(m, 0) + n
         fold_info.append(info)
         if log is not None:
             log(f"fold {fi + 1}/{len(folds)}: test {', '.join(info['test'])} done")
+        for m, jit in ctx.jitter.items():
+            jitters.setdefault(m, []).extend(jit)
     tasks = pd.DataFrame(rows, columns=["fold", "group", "family", "k", "repeat", "method",
-                                        "error"])
+                                        "error", *UNCERTAINTY_COLUMNS])
+    if any(m in FEATURE_ONLY for m in methods) and 1 in shots:
+        notes.append("closed-form heads need k >= 2 support points (their noise is fitted per "
+                     "task); not reported at k = 1")
+    for m, jit in jitters.items():
+        notes.append(f"{m}: {len(jit)} head fits needed jitter on the kernel diagonal (largest "
+                     f"{max(jit):.3g}, target units squared): duplicated or near-identical "
+                     "support inputs")
     if "independent" in methods and any(k < model.num_params for k in shots):
         notes.append(f"independent fits need k >= {model.num_params} points "
                      f"({', '.join(model.flat_names)}); not reported below that")
     for m, n in fallbacks.items():
+        if m in FEATURE_ONLY:
+            notes.append(f"{m}: {n} head fits failed to factorise even with jitter and "
+                         "predicted the prior mean (no std)")
+            continue
         what = ("predicted the support mean" if m == "independent"
                 else "kept the prior mean")
         notes.append(f"{m}: {n} fits (validation and test) refused by the fitter (support values "
@@ -901,7 +1113,7 @@ def _plain(v: Any) -> Any:
 
 def _meta_train_fold(model: FunctionalModel, train_f: Sequence[Family], val_f: Sequence[Family],
                      meta: MetaSettings, mts: MetaTrainSettings, device: torch.device,
-                     seed: int) -> tuple[Params, list[str]]:
+                     seed: int, init: Params | None = None) -> tuple[Params, list[str]]:
     """Meta-train on one fold; returns the meta-parameters and what the episodes left out."""
     largest = max(len(f) for f in train_f)
     k = min(mts.k_shot, max(largest - 1, 1))
@@ -916,12 +1128,33 @@ def _meta_train_fold(model: FunctionalModel, train_f: Sequence[Family], val_f: S
         warnings.simplefilter("always")
         dtype = train_f[0].y.dtype
         res = meta_train(model, train_f, val_ok, settings=meta, train=opts, device=device,
-                         progress=False, init_params=_init_params(model, seed, dtype))
+                         progress=False,
+                         init_params=_init_params(model, seed, dtype) if init is None else init)
     left = [str(w.message) for w in caught if "not drawn" in str(w.message)]
     if len(val_ok) < len(val_f):
         left.append(f"{len(val_f) - len(val_ok)} meta-validation families smaller than "
                     f"k_shot + q_query = {k + q} not used for the running validation loss")
     return {k_: v.detach() for k_, v in res.meta_params.items()}, left
+
+
+def _ensemble_fold(model: FunctionalModel, train_f: Sequence[Family], val_f: Sequence[Family],
+                   meta: MetaSettings, mts: MetaTrainSettings, device: torch.device, seed: int,
+                   members: int) -> Any:
+    """Meta-train an ensemble of ``members`` initialisations on one fold (same episodes' sizes
+    as the single meta-learner)."""
+    import warnings
+
+    from matmeta.meta._ensemble import meta_train_ensemble
+
+    largest = max(len(f) for f in train_f)
+    k = min(mts.k_shot, max(largest - 1, 1))
+    q = max(1, min(mts.q_query, largest - k))
+    opts = dataclasses.replace(mts, k_shot=k, q_query=q, seed=seed)
+    val_ok = [f for f in val_f if len(f) >= k + q]
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # families too small for the episodes: as for `meta`
+        return meta_train_ensemble(model, train_f, val_ok, members=members, settings=meta,
+                                   train=opts, device=device, progress=False)
 
 
 def _prior_from_fits(model: Any, meta_params: Params, train_f: Sequence[Family]
@@ -961,7 +1194,8 @@ def _choose(ctx: _Context, methods: Sequence[str], val_f: Sequence[Family], k: i
             s, q = _draw(fam, k, r, settings.seed + 99991, settings.q_query)
             batch.append((_to(s, ctx.device), _to(q, ctx.device)))
     for m in methods:
-        if not batch or m in ("independent", "meta_init", "pretrained"):
+        if not batch or m in ("independent", "meta_init", "pretrained", "ensemble",
+                              *FEATURE_ONLY):
             continue
         for (_, q), opts in zip(batch, getattr(ctx, f"{m}_options")(batch), strict=True):
             for opt, pred in opts.items():
@@ -1001,12 +1235,22 @@ def _summarise(tasks: pd.DataFrame, methods: Sequence[str], shots: Sequence[int]
             per_group = sel.groupby("group")["error"].mean()
             mean, lo, hi = bootstrap_interval(per_group.to_numpy(), settings.bootstrap,
                                               settings.level, _seed_of(settings.seed, k, m))
+            unc: dict[str, float] = {}
+            for col in UNCERTAINTY_COLUMNS:
+                g = sel.groupby("group")[col].mean().dropna() if col in sel else pd.Series()
+                unc[col] = float(g.mean()) if len(g) else math.nan
+                if col == "crps":
+                    _, clo, chi = bootstrap_interval(g.to_numpy(), settings.bootstrap,
+                                                     settings.level,
+                                                     _seed_of(settings.seed, k, m, "crps"))
+                    unc["crps_ci_low"], unc["crps_ci_high"] = clo, chi
             chosen = sorted({json.dumps(f["chosen"].get(str(k), {}).get(m)) for f in folds})
             out.append({"k": k, "method": m, "error": mean, "ci_low": lo, "ci_high": hi,
                         "median_task": float(sel["error"].median()),
                         "n_groups": int(per_group.size), "n_tasks": int(len(sel)),
                         "metric": metric, "units": units,
-                        "chosen": ";".join(c for c in chosen if c != "null")})
+                        "chosen": ";".join(c for c in chosen if c != "null"), **unc})
     cols = ["k", "method", "error", "ci_low", "ci_high", "median_task", "n_groups", "n_tasks",
-            "metric", "units", "chosen"]
+            "metric", "units", "chosen", "crps", "crps_ci_low", "crps_ci_high", "nlpd",
+            "coverage_50", "coverage_90"]
     return pd.DataFrame(out, columns=cols)

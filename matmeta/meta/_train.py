@@ -147,6 +147,9 @@ def inner_record(settings: MetaSettings, meta_params: Params) -> dict[str, Any]:
         "per_param_lr": None if rates is None else {k: v.detach().cpu() for k, v in rates.items()},
         "trainable": settings.trainable,
         "proximal": float(settings.proximal) if settings.algorithm == "imaml" else 0.0,
+        # the closed-form heads' kernel and loss: adaptation and influence must use the same
+        "kernel": settings.kernel,
+        "head_loss": settings.head_loss,
     }
 
 
@@ -257,7 +260,9 @@ def _check_resume(ckpt: dict[str, Any], model: FunctionalModel, settings: MetaSe
     # would silently continue under other settings (and the checkpoint's sampler state would
     # override a new seed)
     old_train = ckpt.get("train_settings", {})
-    pairs = [(k, old.get(k, "<unset>"), v) for k, v in settings.to_dict().items()]
+    # a setting added after the checkpoint was written counts as its default
+    defaults = MetaSettings().to_dict()
+    pairs = [(k, old.get(k, defaults.get(k, "<unset>")), v) for k, v in settings.to_dict().items()]
     pairs += [(k, old_train.get(k, "<unset>"), v) for k, v in train.to_dict().items()
               if k not in RESUMABLE_CHANGES]
     for key, was, now in pairs:

@@ -9,7 +9,7 @@ Example:
 """
 
 from matmeta.plots._common import save_figure
-from matmeta.plots._evaluate import plot_learning_curves
+from matmeta.plots._evaluate import plot_coverage, plot_learning_curves
 from matmeta.plots._influence import plot_influence_bars, plot_influence_curve
 from matmeta.plots._kinetics import (
     KineticsCurve,
@@ -24,6 +24,7 @@ from matmeta.plots._training import loss_curves_plot, parity_plot
 from matmeta.plots._workflows import plot_adaptation, plot_candidates, plot_support_parity
 
 __all__ = [
+    "plot_coverage",
     "plot_adaptation",
     "plot_candidates",
     "plot_support_parity",

@@ -73,12 +73,17 @@ def test_kinetics_table_with_independent_and_map_fits(tmp_path, capsys):
     csv = pd.read_csv(out)
     assert set(csv.method) == {"meta", "independent", "map"}
     assert (tmp_path / "k.png").exists()
+    # MAP's Laplace std is scored in the CSV, and the calibration plot is written beside it
+    assert csv[csv.method == "map"][["crps", "coverage_50", "coverage_90"]].notna().all().all()
+    assert csv[csv.method == "meta"][["crps", "coverage_90"]].isna().all().all()
+    assert (tmp_path / "k_res_coverage.png").stat().st_size > 1000
 
 
 @pytest.mark.parametrize("extra, message", [
     (["--shots", "50"], "k=50: no test family has more than 50 samples"),
     (["--methods", "meta,magic"], "unknown evaluation method 'magic'"),
     (["--algorithm", "mamal"], "unknown algorithm 'mamal'"),
+    (["--methods", "gp"], "has no features(params, inputs)"),
     (["--test-families", "Nope"], "not among the families"),
 ])
 def test_bad_input_is_one_line_and_writes_nothing(tmp_path, capsys, extra, message):

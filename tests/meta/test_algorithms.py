@@ -201,7 +201,8 @@ def test_implicit_maml_matches_unrolled_and_closed_form_on_a_quadratic():
     torch.testing.assert_close(ours, closed, rtol=1e-7, atol=1e-9)
 
 
-@pytest.mark.parametrize("algorithm", ALGORITHMS)
+# the closed-form head algorithms need a model with features (tests/bayes/test_bayes_meta.py)
+@pytest.mark.parametrize("algorithm", [a for a in ALGORITHMS if a not in ("bayes_linear", "gp")])
 def test_vmap_and_loop_give_the_same_meta_gradient(algorithm):
     gen = torch.Generator().manual_seed(4)
     model = MLP(2, (8, 8), dtype="float64")

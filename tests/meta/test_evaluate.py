@@ -10,6 +10,7 @@ from matmeta.errors import InputError
 from matmeta.meta import Family, MetaSettings, MetaTrainSettings
 from matmeta.meta._evaluate import (
     EVAL_METHODS,
+    FEATURE_ONLY,
     EvaluationSettings,
     bootstrap_interval,
     evaluate,
@@ -58,7 +59,9 @@ def sine_result():
 
 def test_every_method_appears_with_an_interval_around_its_estimate(sine_result):
     _, res = sine_result
-    expected = {m for m in EVAL_METHODS if m not in ("independent", "map")}
+    # the MLP has no features (no heads); the ensemble is opt-in
+    expected = {m for m in EVAL_METHODS if m not in ("independent", "map", *FEATURE_ONLY,
+                                                       "ensemble")}
     for k in (2, 5):
         rows = res.table[res.table.k == k]
         assert set(rows.method) == expected
@@ -178,7 +181,12 @@ def test_kinetics_adds_independent_and_map_fits():
                    progress=False)
     t = res.table
     assert t.metric.unique().tolist() == ["rmse"]
-    assert set(t[t.k == 3].method) == set(EVAL_METHODS)
+    assert set(t[t.k == 3].method) == set(EVAL_METHODS) - set(FEATURE_ONLY) - {"ensemble"}
+    # MAP comes with a Laplace predictive std, scored; point methods carry NaN
+    mp = t[t.method == "map"]
+    assert mp[["crps", "nlpd", "coverage_50", "coverage_90"]].notna().all().all()
+    assert ((mp.coverage_90 >= 0) & (mp.coverage_90 <= 1)).all()
+    assert t[t.method == "independent"][["crps", "coverage_90"]].isna().all().all()
     # two free parameters (ln k, ln n): no independent fit from one point, and the note says so
     assert "independent" not in set(t[t.k == 1].method) and "map" in set(t[t.k == 1].method)
     assert any("k >= 2" in n for n in res.notes)
