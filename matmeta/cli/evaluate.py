@@ -19,9 +19,10 @@ methods (all that apply by default; --methods picks some):
   independent  kinetics: a Levenberg-Marquardt fit of each task's support points (k >= 2)
   map          kinetics: MAP fit, prior mean = meta-learned parameters, prior spread = that of
                independent fits to the meta-train families; Laplace predictive std
-  bayes_linear cgcnn: features meta-trained through a Bayesian linear head fitted in closed
-               form on the support (prior and noise precision per task by marginal likelihood)
-  gp           cgcnn: the same with a Gaussian-process head (--kernel) on the features
+  bayes_linear cgcnn, composition: features meta-trained through a Bayesian linear head
+               fitted in closed form on the support (prior and noise precision per task by
+               marginal likelihood)
+  gp           cgcnn, composition: the same with a Gaussian-process head (--kernel)
   pretrained_bayes_linear, pretrained_gp
                the same heads on the pretrained model's features (no meta-training)
   ensemble     opt-in: --ensemble-members meta-learned initialisations trained together, each
@@ -41,12 +42,15 @@ a k are reported, not silently skipped.
 examples:
   matmeta evaluate --data tungsten_recrystallization.csv --model jmak --shots 2,3 \\
       --fraction-tolerance 0.15 --allow-negative-time --out w_eval.csv
+  matmeta evaluate --data mpea_alloys.csv --model composition --target "PROPERTY: YS (MPa)" \\
+      --composition-column FORMULA --shots 5,10 \\
+      --methods finetune,offset,meta,pretrained_gp --out mpea_eval.csv
   matmeta evaluate --data mp_binary_elasticity.json.gz --model cgcnn \\
       --target bulk_modulus_vrh --test-families N,Co,I --shots 5,10 --hidden 32 \\
       --min-family-size 30 --out mp_eval.csv --json
 """
 
-MODELS = ("arrhenius_jmak", "cgcnn", "gnn", "jmak", "mlp")
+MODELS = ("arrhenius_jmak", "cgcnn", "composition", "gnn", "jmak", "mlp")
 
 
 def add_parser(subparsers) -> None:
@@ -74,8 +78,11 @@ def add_parser(subparsers) -> None:
     g.add_argument("--target", default=None, help="target column, units in its name")
     g.add_argument("--features", default=None, help="comma-separated MLP feature columns")
     g.add_argument("--composition-column", default=None,
-                   help="alloy tables (mlp): composition column; element fractions become the "
-                        "features and the element system the default family")
+                   help="alloy tables (composition, or mlp on element fractions): composition "
+                        "column; the element system is the default family")
+    g.add_argument("--process-columns", default=None,
+                   help="composition model: comma-separated process inputs (e.g. the test "
+                        "temperature; numbers standardised, anything else one-hot)")
     g.add_argument("--formula-column", default="formula", help="formula column [formula]")
     g.add_argument("--structure-column", default=None, help="structure column (graph models)")
     g.add_argument("--min-family-size", type=int, default=1,
@@ -164,99 +171,21 @@ def _split(text: str):
         return comma_list(text)
 
 
-def load_families(args: argparse.Namespace, kind: str, dtype) -> tuple[list, str, list[str]]:
-    """Read ``--data`` into families for ``kind``; returns (families, units, notes)."""
-    from pathlib import Path
+def load_families(args: argparse.Namespace, kind: str, dtype):
+    """Read ``--data`` for ``kind`` exactly as ``matmeta meta-train`` does
+    (:func:`matmeta.meta.load_families`)."""
+    from matmeta.graphs import FeaturizerSettings
+    from matmeta.meta._data import load_families as load
 
-    import pandas as pd
-
-    from matmeta.errors import InputError
-    from matmeta.meta import families_from_table
-
-    path = Path(args.data)
-    if not path.is_file():
-        raise InputError(f"--data {path}: no such file")
-    notes: list[str] = []
-    if kind in ("jmak", "arrhenius_jmak"):
-        from matmeta.io.kinetics import read_kinetics_table
-
-        table = read_kinetics_table(path, fraction_tolerance=args.fraction_tolerance,
-                                    allow_negative_time=args.allow_negative_time)
-        df = table.data.set_index("row")
-        neg = df["time_s"] < 0
-        if neg.any():
-            notes.append(f"{int(neg.sum())} negative times read as t = 0 (JMAK predicts 0 at "
-                         "t <= 0 for any parameters)")
-            df.loc[neg, "time_s"] = 0.0
-        family = args.family or (table.group_columns[0] if table.group_columns else None)
-        if family is None:
-            raise InputError(f"{path}: no family column (dataset_id, sample, grade, ...); "
-                             "name one with --family")
-        fams = families_from_table(df, kind, family=family, dtype=dtype, source=str(path))
-        return fams, "fraction", notes
-    if kind == "cgcnn":
-        from matmeta.graphs import FeaturizerSettings
-        from matmeta.io import read_structure_table
-
-        if args.target is None:
-            raise InputError("graph models need --target (the column to learn, units in its "
-                             "name)")
-        df = read_structure_table(path, structure_column=args.structure_column,
-                                  target_column=args.target)
-        df = _min_size(df, args, notes)
-        fams = families_from_table(df, "cgcnn", family=args.family, target=args.target,
-                                   formula_column=args.formula_column,
-                                   featurizer=FeaturizerSettings(), dtype=dtype,
-                                   source=str(path))
-        return fams, "log10 " + args.target, notes
-    if args.target is None:
-        raise InputError("mlp needs --target (the column to learn, units in its name)")
-    features = comma_list(args.features)
-    family = args.family
-    if args.composition_column:
-        from matmeta.io.alloys import read_alloy_table
-
-        df = read_alloy_table(path, args.composition_column, args.target,
-                              drop_missing_target=True)
-        dropped = int(df.attrs.get("report", {}).get("dropped_missing_target", 0) or 0)
-        if dropped:
-            notes.append(f"{path}: {dropped} rows with an empty {args.target!r} dropped (no "
-                         "target to learn or score)")
-        elements = sorted({e for fr in df["fractions"] for e in fr})
-        for e in elements:
-            df[f"x_{e}"] = [float(fr.get(e, 0.0)) for fr in df["fractions"]]
-        features = features or [f"x_{e}" for e in elements]
-        family = family or "family"
-        df = df[[c for c in df.columns if c not in ("fractions",)]]
-    else:
-        name = path.name.lower().removesuffix(".gz")
-        try:
-            df = pd.read_json(path) if name.endswith(".json") else pd.read_csv(path)
-        except Exception as exc:  # noqa: BLE001 - pandas raises many types on bad files
-            raise InputError(f"--data {path}: cannot read the table ({exc})") from exc
-    df = _min_size(df, args, notes)
-    fams = families_from_table(df, "mlp", family=family, target=args.target, features=features,
-                               formula_column=args.formula_column, dtype=dtype,
-                               source=str(path))
-    return fams, args.target, notes
-
-
-def _min_size(df, args, notes):
-    from matmeta.errors import InputError
-    from matmeta.meta import family_keys
-
-    if args.min_family_size <= 1:
-        return df
-    keys = family_keys(df, args.family or "family", args.formula_column, str(args.data))
-    counts = keys.value_counts()
-    keep = keys.map(counts) >= args.min_family_size
-    if not keep.any():
-        raise InputError(f"--min-family-size {args.min_family_size}: no family is that large "
-                         f"(largest {counts.index[0]!r} with {int(counts.iloc[0])})")
-    kept = int((counts >= args.min_family_size).sum())
-    notes.append(f"--min-family-size {args.min_family_size}: kept {kept} of {len(counts)} "
-                 f"families ({int(keep.sum())} of {len(df)} rows)")
-    return df[keep.to_numpy()]
+    return load(args.data, kind, target=args.target, family=args.family,
+                composition_column=args.composition_column,
+                process_columns=comma_list(args.process_columns),
+                structure_column=args.structure_column, features=comma_list(args.features),
+                formula_column=args.formula_column,
+                featurizer=FeaturizerSettings() if kind == "cgcnn" else None, dtype=dtype,
+                fraction_tolerance=args.fraction_tolerance,
+                allow_negative_time=args.allow_negative_time,
+                min_family_size=args.min_family_size)
 
 
 def run(args: argparse.Namespace) -> int:
@@ -290,7 +219,9 @@ def run(args: argparse.Namespace) -> int:
                             checkpoint_every=args.steps, seed=args.seed)
     device = setup_runtime(args)
     dtype = getattr(torch, args.dtype or ("float64" if parametric else "float32"))
-    families, units, notes = load_families(args, kind, dtype)
+    data = load_families(args, kind, dtype)
+    families, notes = data.families, data.notes
+    units = ("log10 " + data.units) if kind == "cgcnn" else data.units
 
     test, val = _split(args.test_families), _split(args.val_families)
     # a kind, not a fitted transform: evaluate fits it per fold on that fold's meta-train
@@ -307,6 +238,14 @@ def run(args: argparse.Namespace) -> int:
             cfg["hidden"] = [int(h) for h in hidden]
     elif kind == "cgcnn":
         cfg = {"n_basis": families[0].featurizer.n_basis}
+        if hidden:
+            cfg["hidden"] = int(hidden[0])
+    elif kind == "composition":
+        # the element vocabulary is every element of the table (inputs, never targets): an
+        # element only a held-out family has keeps an embedding no fold trains, and its
+        # descriptors describe it
+        cfg = {"elements": sorted({e for fr in data.table["fractions"] for e in fr}),
+               "process": data.spec["process"], "dtype": str(dtype).split(".")[-1]}
         if hidden:
             cfg["hidden"] = int(hidden[0])
     elif kind == "arrhenius_jmak":

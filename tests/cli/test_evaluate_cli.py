@@ -128,6 +128,52 @@ def test_alloy_rows_without_a_target_are_counted_in_the_notes(tmp_path, capsys):
                "pretrained,offset", "--out", str(tmp_path / "a.csv"), "--json", *FAST])
     assert rc == 0
     doc = json.loads(capsys.readouterr().out)
-    assert sum("3 rows with an empty 'YS_MPa' dropped" in n for n in doc["notes"]) == 1
+    assert sum("3 row(s) with an empty 'YS_MPa' dropped" in n for n in doc["notes"]) == 1
     fold = doc["folds"][0]
     assert fold["target_transform"]["kind"] == "standardize"
+
+
+def test_composition_model_matches_the_python_api(tmp_path, capsys):
+    """`--model composition` reads the table as meta-train does and scores the heads' std."""
+    import torch
+
+    from matmeta.meta import MetaSettings, MetaTrainSettings, evaluate, load_families
+    from matmeta.meta._evaluate import EvaluationSettings
+    from matmeta.models._registry import build_model
+
+    rng = np.random.default_rng(3)
+    rows = []
+    for a, b in (("Fe", "Ni"), ("Co", "Ni"), ("Cr", "Fe"), ("Co", "Fe"), ("Cr", "Ni")):
+        for x in np.linspace(0.1, 0.9, 8):
+            rows.append({"composition": f"{a}{x:.3f}{b}{1 - x:.3f}", "T_K": 300 + 100 * x,
+                         "YS_MPa": 300 + 200 * x + rng.normal(0, 5)})
+    data = tmp_path / "alloys.csv"
+    pd.DataFrame(rows).to_csv(data, index=False)
+    methods = "pretrained,offset,pretrained_bayes_linear"
+    rc = main(["evaluate", "--data", str(data), "--model", "composition", "--target", "YS_MPa",
+               "--composition-column", "composition", "--process-columns", "T_K",
+               "--hidden", "8", "--test-families", "Fe-Ni", "--val-families", "Co-Ni",
+               "--shots", "3", "--methods", methods, "--out", str(tmp_path / "a.csv"), "--json",
+               *FAST])
+    assert rc == 0
+    cli = pd.DataFrame(json.loads(capsys.readouterr().out)["table"]).set_index("method")
+
+    loaded = load_families(data, "composition", target="YS_MPa",
+                           composition_column="composition", process_columns=["T_K"])
+    model = build_model("composition", {
+        "elements": sorted({e for fr in loaded.table["fractions"] for e in fr}),
+        "process": loaded.spec["process"], "hidden": 8, "dtype": "float32"})
+    settings = EvaluationSettings(shots=(3,), methods=tuple(methods.split(",")), repeats=2,
+                                  val_repeats=1, bootstrap=100, pretrain_steps=20, seed=0)
+    api = evaluate(model, loaded.families, test=["Fe-Ni"], val=["Co-Ni"], settings=settings,
+                   meta_settings=MetaSettings(inner_lr=0.01),
+                   meta_train_settings=MetaTrainSettings(steps=10, meta_batch=3, k_shot=2,
+                                                         q_query=4, val_every=2, val_tasks=16,
+                                                         checkpoint_every=10),
+                   target_transform="standardize", device=torch.device("cpu")).table
+    api = api.set_index("method")
+    for m in methods.split(","):
+        assert cli.loc[m, "error"] == pytest.approx(api.loc[m, "error"], rel=1e-6)
+    # only the head has a predictive std, so only it has coverage
+    assert 0.0 <= cli.loc["pretrained_bayes_linear", "coverage_90"] <= 1.0
+    assert np.isnan(cli.loc["offset", "coverage_90"])
