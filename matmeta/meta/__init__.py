@@ -22,6 +22,19 @@ from matmeta.meta._data import (
     read_rows,
     transform_families,
 )
+from matmeta.meta._ensemble import (
+    ENSEMBLE_ALGORITHMS,
+    Ensemble,
+    adapt_ensemble,
+    calibrate_noise,
+    ensemble_predict,
+    load_ensemble,
+    meta_train_ensemble,
+    predict_members,
+    save_ensemble,
+    stack_params,
+    unstack_params,
+)
 from matmeta.meta._evaluate import (
     DEFAULT_SHOTS,
     EVAL_METHODS,
@@ -55,6 +68,17 @@ from matmeta.meta._train import (
 )
 
 __all__ = [
+    "ENSEMBLE_ALGORITHMS",
+    "Ensemble",
+    "adapt_ensemble",
+    "calibrate_noise",
+    "ensemble_predict",
+    "load_ensemble",
+    "meta_train_ensemble",
+    "predict_members",
+    "save_ensemble",
+    "stack_params",
+    "unstack_params",
     "encode_rows",
     "LoadedData",
     "load_families",
