@@ -1153,8 +1153,9 @@ def _ensemble_fold(model: FunctionalModel, train_f: Sequence[Family], val_f: Seq
     val_ok = [f for f in val_f if len(f) >= k + q]
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # families too small for the episodes: as for `meta`
+        # evaluate calibrates the noise per k itself
         return meta_train_ensemble(model, train_f, val_ok, members=members, settings=meta,
-                                   train=opts, device=device, progress=False)
+                                   train=opts, device=device, progress=False, calibrate=False)
 
 
 def _prior_from_fits(model: Any, meta_params: Params, train_f: Sequence[Family]
