@@ -20,10 +20,13 @@ from matmeta.plots._kinetics import (
     plot_suggestion,
 )
 from matmeta.plots._meta import plot_meta_history
+from matmeta.plots._suggest import plot_suggestion_curves, plot_suggestions
 from matmeta.plots._training import loss_curves_plot, parity_plot
 from matmeta.plots._workflows import plot_adaptation, plot_candidates, plot_support_parity
 
 __all__ = [
+    "plot_suggestion_curves",
+    "plot_suggestions",
     "plot_coverage",
     "plot_adaptation",
     "plot_candidates",
