@@ -27,6 +27,7 @@ import numpy as np
 import pandas as pd
 
 from matmeta.errors import InputError
+from matmeta.suggest._pool import parse_goal
 
 __all__ = ["build_family_index", "nearest_family", "parse_goal", "rank_for_goal",
            "row_fractions", "screen"]
@@ -138,31 +139,6 @@ def nearest_family(index: dict[str, Any] | None, df: pd.DataFrame
         dist = np.sqrt(((x[:, None, :] - (centroids / scale)[None]) ** 2).sum(-1))
     best = dist.argmin(1)
     return [index["names"][j] for j in best], dist[np.arange(n), best]
-
-
-def parse_goal(goal: str | float | None) -> str | float:
-    """``"max"``, ``"min"`` or a target value (a number in the target's units).
-
-    Example:
-        >>> parse_goal("max"), parse_goal("850")
-        ('max', 850.0)
-    """
-    if goal is None:
-        return "max"
-    if isinstance(goal, (int, float)) and not isinstance(goal, bool):
-        value = float(goal)
-    else:
-        text = str(goal).strip().lower()
-        if text in ("max", "min"):
-            return text
-        try:
-            value = float(text)
-        except ValueError:
-            raise InputError(f"--goal {goal!r}: expected max, min or a target value (a number "
-                             "in the target's units)") from None
-    if not math.isfinite(value):
-        raise InputError(f"--goal {goal!r}: expected a finite target value")
-    return value
 
 
 def rank_for_goal(mean: Sequence[float] | np.ndarray, goal: str | float) -> np.ndarray:
