@@ -275,7 +275,7 @@ def _stage_jmak_prior(log: _Log, device: str) -> None:
     curves = src[src["material"] == HELD_OUT].sort_values(["temperature_K", "time_s"])
     temps = sorted(curves["temperature_K"].unique())
     curve = curves[curves["temperature_K"] == temps[len(temps) // 2]].reset_index(drop=True)
-    # three early points: the transition's end is not measured, so the band must open there
+    # three of the isotherm's points, the lab's few measurements; the rest check the fit
     pick = [1, 3, 5] if len(curve) > 6 else [0, 1, 2]
     three = curve.iloc[pick]
     cols = ["material", "temperature_K", "time_s", "fraction"]
@@ -294,7 +294,7 @@ def _stage_jmak_prior(log: _Log, device: str) -> None:
     log.sections.append(
         "## 6. JMAK from 3 points under the meta-learned prior (`matmeta jmak fit --prior "
         "--report`, `matmeta suggest kinetics`)\n\n"
-        f"Three early points of the held-out `{HELD_OUT}` isotherm at "
+        f"Three points of the held-out `{HELD_OUT}` isotherm at "
         f"{curve['temperature_K'].iloc[0]:g} K, fitted by MAP under the prior meta-learned in "
         f"stage 2: t_half {fit['t_half_s']:.4g} s (published {pub_t:.4g} s), n "
         f"{fit['n']:.3g} (published {float(curve['n_published'].iloc[0]):.3g}). The report "
