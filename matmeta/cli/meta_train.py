@@ -379,7 +379,8 @@ def run(args: argparse.Namespace) -> int:
           f"{len(train_f)} train / {len(val_f)} val / {len(test_f)} test families; "
           f"last meta-train loss {last.get('train_loss', float('nan')):.4g}"
           + (f", meta-validation loss {val[-1]:.4g}" if val else "")
-          + (f", calibrated noise std {result.noise_std:.3g} (model space)"
-             if members > 1 else "")
+          + ((f", calibrated noise std {result.noise_std:.3g} (model space)"
+              if val_f else ", noise NOT calibrated (no validation families): its intervals "
+              "are the members' spread only") if members > 1 else "")
           + f"; wrote {', '.join(wrote)}", file=sys.stdout)
     return 0

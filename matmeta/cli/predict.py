@@ -165,9 +165,16 @@ def _run_adapted(args: argparse.Namespace, device) -> int:
         candidates = args.structures[0]
     elif args.structures:
         raise InputError("give the candidates once: --candidates or a structure folder")
-    adapted = load_adapted(args.model, map_location=device)
     out = Path(args.out) if args.out else None
-    folder = out if out is not None and out.suffix.lower() != ".csv" else None
+    folder = out if out is not None and out.suffix.lower() not in (".csv", ".json") else None
+    if folder is not None and args.json:
+        raise InputError(f"--json with the folder --out {out}: give --out NAME.json (or .csv) "
+                         "for one file, or drop --json for a result folder")
+    if folder is not None and Path(args.model).is_dir() \
+            and folder.resolve() == Path(args.model).resolve():
+        raise InputError(f"--out {out} is the adapted model's own folder: writing there would "
+                         "replace the model; choose another --out")
+    adapted = load_adapted(args.model, map_location=device)
     ranked = screen(adapted, candidates, folder, goal=goal, uncertainty=args.uncertainty,
                     top=args.top)
     if args.json:

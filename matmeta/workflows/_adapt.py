@@ -30,8 +30,10 @@ Example:
 from __future__ import annotations
 
 import dataclasses
+import json
 import math
 import os
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -387,6 +389,8 @@ def _load_source(model: Any, map_location: str | torch.device) -> dict[str, Any]
     return {"model": model.model, "meta_params": dict(model.meta_params),
             "settings": settings, "members": members if ensemble else 1,
             "ensemble": ensemble, "noise_std": float(getattr(model, "noise_std", 0.0) or 0.0),
+            "calibration_k": (int(model.train.k_shot) if ensemble and hasattr(model, "train")
+                              else None),
             "extra": dict(model.extra or {}), "source": source or type(model).__name__}
 
 
@@ -464,6 +468,17 @@ def adapt(model: Any, support: Any, *, steps: int | None = None,
                                         or df.attrs.get("source") or "<DataFrame>")
     inputs, y = shell.encode(df, with_target=True)
     samples = Samples(inputs, y, None)
+    if src["members"] > 1:
+        # the ensemble's noise term is what makes its intervals honest (benchmarks/ensemble.md):
+        # say when it is missing or was calibrated for another support size
+        if src["noise_std"] == 0.0:
+            warnings.warn(f"{src['source']}: the ensemble's noise term was not calibrated (no "
+                          "validation families): its 90% intervals are the members' spread "
+                          "only and too narrow", UserWarning, stacklevel=2)
+        elif src["calibration_k"] is not None and src["calibration_k"] != len(df):
+            warnings.warn(f"{src['source']}: 90% intervals calibrated for "
+                          f"{src['calibration_k']} support rows; this support has {len(df)}",
+                          UserWarning, stacklevel=2)
 
     def adapt_on(s: Samples) -> Params:
         if head and settings.algorithm == "gp":
@@ -491,7 +506,9 @@ def _score_support(res: AdaptedModel, samples: Samples, adapt_on, loo: bool,
     t = res.target
     y_model = samples.y
     k = int(y_model.shape[0])
-    measured = res.to_units(y_model)
+    # the values as measured (the support table's column), not a round trip through the model's
+    # float32 target transform
+    measured = res.support[t].to_numpy(dtype=float)
     fitted, std = res.predict_model_space(samples.inputs)
     init, _ = res.predict_model_space(samples.inputs, initial=True)
     fit = pd.DataFrame({"id": res.support["id"].astype(str).to_numpy()})
@@ -594,18 +611,28 @@ def _read_evaluation(path: str | os.PathLike, raw: bool = False) -> pd.DataFrame
 
 def evaluation_shrinkage(table: pd.DataFrame | None, k: int) -> float | None:
     """The offset lambda ``matmeta evaluate`` chose on validation families at the k nearest to
-    ``k`` (None when the table has no offset row)."""
+    ``k``: the median over folds, ``inf`` meaning no offset (None when the table has no offset
+    row)."""
     if table is None or "chosen" not in table.columns:
         return None
     rows = table[table["method"] == "offset"]
     if rows.empty:
         return None
     row = rows.iloc[int(np.argmin(np.abs(rows["k"].to_numpy(dtype=float) - k)))]
-    try:
-        value = float(str(row["chosen"]).split(";")[0])
-    except ValueError:
-        return None
-    return value if math.isfinite(value) and value >= 0 else None
+    values = []
+    for item in str(row["chosen"]).split(";"):
+        # evaluate writes each fold's choice as JSON: a number, or "inf" (no offset at all)
+        try:
+            v = json.loads(item)
+            values.append(float(v))
+        except (ValueError, TypeError):
+            raise InputError(f"--evaluation: cannot read the offset lambda {row['chosen']!r} "
+                             "(expected numbers or \"inf\", one per fold, joined by ';')"
+                             ) from None
+    if not values or any(math.isnan(v) or v < 0 for v in values):
+        raise InputError(f"--evaluation: offset lambda {row['chosen']!r}: expected values >= 0")
+    # several folds chose their own lambda: the median (inf = no offset counts as the largest)
+    return float(np.median(values))
 
 
 # ---------------------------------------------------------------------------------- load

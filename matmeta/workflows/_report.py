@@ -27,7 +27,10 @@ import pandas as pd
 from matmeta.checkpoint import atomic_write_text
 from matmeta.errors import InputError
 
-__all__ = ["Report", "result_folder"]
+__all__ = ["MARKER", "Report", "result_folder"]
+
+# marks a folder as matmeta's own result: only such a folder (or an empty one) is replaced
+MARKER = ".matmeta-result"
 
 
 @contextlib.contextmanager
@@ -40,7 +43,8 @@ def result_folder(out: str | os.PathLike, overwrite: bool = True) -> Iterator[Pa
 
     Args:
         out: the destination folder. An existing folder is replaced only when the new one is
-            complete (``overwrite``); a file of that name is an error.
+            complete (``overwrite``), and only if it is empty or an earlier matmeta result (it
+            holds the ``.matmeta-result`` marker); any other folder or a file is an error.
         overwrite: replace an existing destination folder (else an error naming it).
 
     Yields:
@@ -54,9 +58,14 @@ def result_folder(out: str | os.PathLike, overwrite: bool = True) -> Iterator[Pa
         raise InputError(f"{dest}: exists and is not a folder; choose another --out")
     if dest.exists() and not overwrite:
         raise InputError(f"{dest}: already exists; remove it or allow overwriting")
+    if dest.exists() and any(dest.iterdir()) and not (dest / MARKER).is_file():
+        # only a folder matmeta wrote is ever replaced: a user's folder is never deleted
+        raise InputError(f"{dest}: exists and was not written by matmeta; choose another --out "
+                         "(or remove the folder yourself)")
     dest.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{dest.name}.", suffix=".partial", dir=dest.parent))
     try:
+        (tmp / MARKER).write_text("written by matmeta: the folder may be replaced by a new run\n")
         yield tmp
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)

@@ -141,3 +141,44 @@ def test_help_explains_units_and_outputs(capsys):
     with pytest.raises(SystemExit):
         main(["meta-train", "--help"])
     assert "--members" in capsys.readouterr().out
+
+
+def test_outputs_never_replace_a_users_folder_or_the_model(files, tmp_path, capsys):
+    mine = tmp_path / "mywork"
+    mine.mkdir()
+    (mine / "notes.txt").write_text("important")
+    assert main(["adapt", "--model", str(files / "meta.pt"), "--support",
+                 str(files / "lab.csv"), "--out", str(mine), "--threads", "1"]) == 2
+    assert "not written by matmeta" in capsys.readouterr().err
+    assert [p.name for p in mine.iterdir()] == ["notes.txt"]
+    adapted = tmp_path / "adapted"
+    assert main(["adapt", "--model", str(files / "meta.pt"), "--support",
+                 str(files / "lab.csv"), "--out", str(adapted), "--threads", "1"]) == 0
+    capsys.readouterr()
+    for argv, says in ((["--out", str(adapted)], "own folder"),
+                       (["--out", str(tmp_path / "screen"), "--json"], "--json with the folder")):
+        assert main(["predict", "--model", str(adapted), "--candidates",
+                     str(files / "cands.csv"), *argv, "--threads", "1"]) == 2
+        err = capsys.readouterr().err.strip()
+        assert says in err and len(err.splitlines()) == 1
+    assert (adapted / "adapted.pt").is_file() and not (tmp_path / "screen").exists()
+    assert main(["predict", "--model", str(adapted), "--candidates", str(files / "cands.csv"),
+                 "--out", str(tmp_path / "r.json"), "--json", "--threads", "1"]) == 0
+    import json
+
+    assert len(json.loads((tmp_path / "r.json").read_text())["predictions"]) == 3
+
+
+def test_evaluation_lambda_is_read_per_fold_with_inf_for_no_offset():
+    from matmeta.errors import InputError
+    from matmeta.workflows._adapt import evaluation_shrinkage
+
+    def table(chosen):
+        return pd.DataFrame({"k": [2, 5], "method": ["offset", "offset"],
+                             "chosen": ["0.5", chosen]})
+
+    assert evaluation_shrinkage(table('"inf"'), 5) == float("inf")
+    assert evaluation_shrinkage(table("10.0;2.0;3.0"), 5) == 3.0     # the median over folds
+    assert evaluation_shrinkage(table("1.0"), 2) == 0.5              # the nearest k
+    with pytest.raises(InputError, match="cannot read the offset lambda"):
+        evaluation_shrinkage(table("lots"), 5)

@@ -151,7 +151,7 @@ def test_report_folder_holds_prior_data_curve_parameters_and_influence(tmp_path)
     out = write_jmak_report([fit], tmp_path / "rep")
     names = {p.name for p in out.iterdir()}
     assert names == {"data.csv", "parameters.csv", "curves.csv", "influence.csv", "fit.png",
-                     "report.md"}
+                     "report.md", ".matmeta-result"}
     text = (out / "report.md").read_text()
     for section in ("## Data", "## Parameters: prior and posterior", "## Curves",
                     "## Influence of each point", "](fit.png)"):

@@ -4,7 +4,7 @@ import pandas as pd
 import pytest
 
 from matmeta.errors import InputError
-from matmeta.workflows._report import Report, result_folder
+from matmeta.workflows._report import MARKER, Report, result_folder
 
 
 def test_folder_appears_only_when_complete(tmp_path):
@@ -19,16 +19,16 @@ def test_folder_appears_only_when_complete(tmp_path):
 
 def test_existing_folder_replaced_only_on_success(tmp_path):
     out = tmp_path / "res"
-    out.mkdir()
-    (out / "old.csv").write_text("old")
+    with result_folder(out) as tmp:
+        (tmp / "old.csv").write_text("old")
     with pytest.raises(ValueError):
         with result_folder(out) as tmp:
             (tmp / "new.csv").write_text("new")
             raise ValueError
-    assert sorted(p.name for p in out.iterdir()) == ["old.csv"]
+    assert sorted(p.name for p in out.iterdir()) == [MARKER, "old.csv"]
     with result_folder(out) as tmp:
         (tmp / "new.csv").write_text("new")
-    assert sorted(p.name for p in out.iterdir()) == ["new.csv"]
+    assert sorted(p.name for p in out.iterdir()) == [MARKER, "new.csv"]
     assert sorted(p.name for p in tmp_path.iterdir()) == ["res"]
 
 
@@ -51,3 +51,19 @@ def test_report_markdown(tmp_path):
     assert text.startswith("# Title\n")
     assert "| formula | pred_MPa |" in text and "| CoCrNi | 412.3 |" in text
     assert "A\\|B" in text and "![Parity](p.png)" in text
+
+
+def test_a_users_folder_is_never_replaced(tmp_path):
+    mine = tmp_path / "mywork"
+    mine.mkdir()
+    (mine / "notes.txt").write_text("important")
+    with pytest.raises(InputError, match="not written by matmeta"):
+        with result_folder(mine) as tmp:
+            (tmp / "a.csv").write_text("x")
+    assert (mine / "notes.txt").read_text() == "important"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["mywork"]
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    with result_folder(empty) as tmp:
+        (tmp / "a.csv").write_text("x")
+    assert (empty / "a.csv").is_file()
