@@ -26,6 +26,10 @@ __all__ = ["atomic_write_bytes", "atomic_write_text", "save_checkpoint", "load_c
 def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> Path:
     """Write ``data`` to ``path`` atomically (temp file in the same folder, fsync, rename)."""
     path = Path(path)
+    if path.is_dir():
+        from matmeta.errors import InputError
+
+        raise InputError(f"{path}: is a folder; expected a file name to write")
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:

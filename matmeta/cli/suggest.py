@@ -48,6 +48,11 @@ share_of_region_variance (the fraction of the region's current predictive varian
 measurement removes), predicted_<target>, std_<target>, lower90_/upper90_<target> (a 90%
 interval) in the target's units, and in_target_region.
 
+The std and interval here are those of the Bayesian linear heads suggest fits on the members'
+features (what the variance reduction is computed from); they are not the calibrated intervals
+of `matmeta predict --model adapted/`, which add an ensemble's validation-calibrated noise term.
+Rank with suggest; quote predict's intervals.
+
 Example:
   matmeta suggest candidates --model meta.pt --support lab.csv --candidates cands.csv \\
       --target yield_strength_MPa --goal max --target-region top:0.2 --batch 3 --out next.csv"""
