@@ -61,6 +61,18 @@ JUMP_FIRST_ITER = 4
 # problems; every other iteration halves that at no cost in iterations on the benchmark)
 JUMP_EVERY = 2
 
+# starts of one curve ("siblings": several rows of one group) that meet on their way down end in
+# the same minimum: where two siblings are within MERGE_TOL of each other in every parameter,
+# the one with the higher cost leaves the loop (unconverged, so it never wins over the other);
+# tested on iterations MERGE_FIRST_ITER.. MERGE_LAST_ITER and every MERGE_EVERY-th after
+# (the test costs a few array operations; most siblings meet by the fourth iteration)
+MERGE_TOL = 1e-2
+MERGE_FIRST_ITER = 2
+MERGE_LAST_ITER = 6
+MERGE_EVERY = 4
+
+COMPACT_FRACTION = 0.5
+
 
 class LMResult(NamedTuple):
     """Result of :func:`levenberg_marquardt` (one entry per batch row).
@@ -72,6 +84,9 @@ class LMResult(NamedTuple):
         converged: (B,) True where a convergence test passed with a finite cost.
         iterations: number of loop iterations run (the slowest row's count).
         lam: (B,) damping at the end (to resume).
+        merged: (B,) True where a row stopped early, unconverged, because another start of
+            its curve met it with a lower cost (see ``groups`` of the loop); None without
+            groups.
     """
 
     theta: Tensor
@@ -80,6 +95,7 @@ class LMResult(NamedTuple):
     converged: Tensor
     iterations: int
     lam: Tensor
+    merged: Tensor | None = None
 
 
 def normal_equations(r: Tensor, jt: Tensor) -> tuple[Tensor, Tensor, Tensor]:
@@ -138,7 +154,8 @@ def _solve_spd_xp(a: Any, b: Any, xp: ModuleType) -> Any:
 def _lm_loop(gram_fn: GramFn, theta0: Any, data: tuple[Any, ...], *, xp: ModuleType,
              max_iter: int = 200, ftol: float = 1.5e-8, xtol: float = 1.5e-8,
              gtol: float = 1e-12, stall_tol: float = 1e-4, stall_window: int = 5,
-             lam0: float | Any = 1e-3, valley: Valley | None = None) -> LMResult:
+             lam0: float | Any = 1e-3, valley: Valley | None = None,
+             groups: Any | None = None) -> LMResult:
     """The one loop behind every fit. Batch-last throughout: ``theta0`` (P, B) and each data
     array (..., B) in namespace ``xp``; ``gram_fn(theta, *data)`` returns the flattened Gram
     matrix ((P+1)^2, B). Tests and arguments as in :func:`levenberg_marquardt`.
@@ -149,7 +166,12 @@ def _lm_loop(gram_fn: GramFn, theta0: Any, data: tuple[Any, ...], *, xp: ModuleT
     tried by a creeping problem only (see ``CREEP_RTOL``) and replaces its point only where it
     lowers the cost, so each problem's cost still falls monotonically and every convergence
     test applies as without jumps. (Which minimum a problem ends in can differ from a run
-    without jumps; on the benchmark and the tests' step-like curves it is never a worse one.)"""
+    without jumps; on the benchmark and the tests' step-like curves it is never a worse one.)
+
+    ``groups``: optional (B,) array of non-negative integers, the curve of each row, with the
+    rows of one curve consecutive (several starts of one curve). Siblings that meet are merged (see
+    ``MERGE_TOL``): the higher-cost one stops where it is, unconverged, and the other carries
+    on to the minimum both were heading for."""
     p, b = theta0.shape
     k = p + 1
     width = p + k * k  # a state column: theta (P), then the Gram matrix row-major
@@ -170,6 +192,9 @@ def _lm_loop(gram_fn: GramFn, theta0: Any, data: tuple[Any, ...], *, xp: ModuleT
     def amax0(x: Any) -> Any:
         return x.max(0) if is_np else x.amax(0)
 
+    def flip(x: Any) -> Any:  # rows in reverse (a view in numpy)
+        return x[::-1] if is_np else x.flip(0)
+
     def nonzero(mask: Any) -> Any:
         return mask.nonzero()[0] if is_np else mask.nonzero()[:, 0]
 
@@ -189,7 +214,13 @@ def _lm_loop(gram_fn: GramFn, theta0: Any, data: tuple[Any, ...], *, xp: ModuleT
     done = ~xp.isfinite(s).all(0)
     failed = done.copy() if is_np else done.clone()
     crept = xp.zeros_like(done)
+    merged_out = xp.zeros_like(conv_out)
     ref_cost = s[ic]
+    grp = groups
+    # how far apart (in rows) two siblings can be: the largest group's size - 1
+    shifts = 0
+    if grp is not None and b > 1:
+        shifts = int((grp.bincount() if isinstance(grp, Tensor) else np.bincount(grp)).max()) - 1
 
     it = 0
     # numpy warns where torch stays silent (a singular system, exp overflow): both give inf/NaN,
@@ -197,7 +228,7 @@ def _lm_loop(gram_fn: GramFn, theta0: Any, data: tuple[Any, ...], *, xp: ModuleT
     with np.errstate(all="ignore") if is_np else contextlib.nullcontext():
         for it in range(1, max_iter + 1):  # noqa: B007 - the count is returned
             n_done = int(done.sum())
-            if n_done and (n_done == len(rows) or 2 * n_done >= len(rows)):
+            if n_done and (n_done == len(rows) or n_done >= COMPACT_FRACTION * len(rows)):
                 # retire finished problems in bulk, once half are done: compaction costs a
                 # gather per state and data array, about what an iteration on them costs
                 idx = rows[done]
@@ -208,28 +239,32 @@ def _lm_loop(gram_fn: GramFn, theta0: Any, data: tuple[Any, ...], *, xp: ModuleT
                 rows, s, lam, nu, ref_cost, failed, crept = (
                     rows[keep], s[:, keep], lam[keep], nu[keep], ref_cost[keep], failed[keep],
                     crept[keep])
+                if shifts:
+                    grp = grp[keep]
                 aux = tuple(t[..., keep] for t in aux)
                 done = xp.zeros_like(failed)
             cost = s[ic]
             if p == 2:
-                # closed-form damped 2x2 solve straight from the state's entries (rows of the
-                # flattened Gram matrix [[a00, a01, g0], [a01, a11, g1], [g0, g1, cost]])
-                th0, th1, a00, a01, g0, _, a11, g1, _, _, _ = s
+                # closed-form damped 2x2 solve on views of the state (no copies): the flattened
+                # Gram matrix [[a00, a01, g0], [a01, a11, g1], [g0, g1, cost]] holds the
+                # diagonal (a00, a11) at a stride of 4 and J^T r = (g0, g1) side by side in its
+                # last row, so each line below does both parameters in one operation
+                diag, g, a01 = s[2:7:4], s[8:10], s[3]
                 # Marquardt's scaling: damp each parameter by its own curvature (floored, so
                 # that a parameter without effect still gets a finite step)
-                fl = xp.maximum(a00, a11) * eps + tiny
-                l0, l1 = lam * xp.maximum(a00, fl), lam * xp.maximum(a11, fl)
-                m00, m11 = a00 + l0, a11 + l1
-                det = m00 * m11 - a01 * a01
-                s0 = (a01 * g1 - m11 * g0) / det
-                s1 = (a01 * g0 - m00 * g1) / det
-                # (one operation per parameter: gathering the pairs into (2, B) arrays to do
-                # both at once costs more than it saves)
-                step = xp.concatenate([s0[None], s1[None]])
-                pred = s0 * (l0 * s0 - g0) + s1 * (l1 * s1 - g1)
-                step2 = s0 * s0 + s1 * s1
-                norm = xp.hypot(th0, th1)
-                gmax = xp.maximum(xp.abs(g0), xp.abs(g1))
+                fl = xp.maximum(s[2], s[6]) * eps + tiny
+                lam_s = lam * xp.maximum(diag, fl)
+                m = diag + lam_s
+                det = m[0] * m[1] - a01 * a01
+                # (s0, s1) = ((a01 g1 - m11 g0), (a01 g0 - m00 g1)) / det
+                step = (a01 * flip(g) - flip(m) * g) / det
+                # (pairs summed as two rows: a reduction call costs more than an addition)
+                pred = step * (lam_s * step - g)
+                pred = pred[0] + pred[1]
+                step2 = step * step
+                step2 = step2[0] + step2[1]
+                norm = xp.hypot(s[0], s[1])
+                gmax = xp.maximum(xp.abs(s[8]), xp.abs(s[9]))
             else:
                 blk = s[p:].reshape(k, k, -1)
                 a, g = blk[:p, :p], blk[:p, p]
@@ -252,7 +287,8 @@ def _lm_loop(gram_fn: GramFn, theta0: Any, data: tuple[Any, ...], *, xp: ModuleT
             # Nielsen's damping update: shrink by the gain ratio on success, grow geometrically
             # on repeated failure (fewer iterations in curved valleys than fixed factors)
             rho = (cost - cost_new) / clamp_min(pred, tiny)
-            shrink = clamp_min(1.0 - (2.0 * rho - 1.0) ** 3, 1.0 / 3.0)
+            cube = 2.0 * rho - 1.0
+            shrink = clamp_min(1.0 - cube * cube * cube, 1.0 / 3.0)
             light = lam <= 1.0
             # converged: an accepted, lightly damped step lowered the cost by less than
             # ftol*cost, or an accepted step shorter than xtol*(|theta| + xtol), or a vanishing
@@ -283,6 +319,25 @@ def _lm_loop(gram_fn: GramFn, theta0: Any, data: tuple[Any, ...], *, xp: ModuleT
                             far = valley[1](old[:p], direction, *aux_sel)
                             cand = xp.concatenate([far, gram_fn(far, *aux_sel)], 0)
                             s[:, sel] = xp.where(cand[ic] < old[ic], cand, old)
+            if shifts and (MERGE_FIRST_ITER <= it <= MERGE_LAST_ITER or it % MERGE_EVERY == 0):
+                # siblings that have met: the higher-cost one stops (as failed: unconverged)
+                th, c = s[:p], s[ic]
+                for d in range(1, min(shifts, len(grp) - 1) + 1):
+                    near = ((grp[d:] == grp[:-d])
+                            & (amax0(xp.abs(th[:, d:] - th[:, :-d])) < MERGE_TOL))
+                    if not bool(near.any()):
+                        continue
+                    # (a tie to rounding keeps the earlier start, so that the outcome does not
+                    # hang on the last bits of one platform's exp)
+                    later_worse = c[d:] > c[:-d] * (1.0 - 1e-9)
+                    stop_later = near & later_worse & ~done[d:]
+                    stop_earlier = near & ~later_worse & ~done[:-d]
+                    failed[d:] |= stop_later
+                    failed[:-d] |= stop_earlier
+                    merged_out[rows[d:][stop_later]] = True
+                    merged_out[rows[:-d][stop_earlier]] = True
+                    done[d:] |= stop_later
+                    done[:-d] |= stop_earlier
             if it % stall_window == 0:
                 done = done | ((s[ic] >= (1.0 - stall_tol) * ref_cost) & (lam <= 1.0))
                 ref_cost = s[ic]
@@ -297,7 +352,7 @@ def _lm_loop(gram_fn: GramFn, theta0: Any, data: tuple[Any, ...], *, xp: ModuleT
     conv_t = from_namespace(conv_out) & torch.isfinite(cost_out)
     blk = out_t[p:].reshape(k, k, -1)[:p, :p].permute(2, 0, 1)
     return LMResult(out_t[:p].T.contiguous(), cost_out.contiguous(), blk.contiguous(), conv_t,
-                    it, from_namespace(lam_out))
+                    it, from_namespace(lam_out), from_namespace(merged_out) if shifts else None)
 
 
 def levenberg_marquardt(

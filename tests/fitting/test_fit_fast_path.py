@@ -14,6 +14,7 @@ from scipy.optimize import curve_fit
 
 import matmeta.fitting._lm as lm
 from matmeta.fitting import fit_curves, fit_jmak, levenberg_marquardt
+from matmeta.fitting._fit import pad_curves
 from matmeta.models.parametric import JMAK, ArrheniusJMAK, Prior
 from tests.helpers import shared_dataset
 
@@ -93,8 +94,9 @@ def test_fused_gram_matches_finite_differences(fit_fmax):
     v = np.concatenate([jac, resid(theta)[:, None]], 1)
     ref = np.einsum("bin,bjn->bij", v, v)
     lt = model.fit_inputs(tt).numpy()
-    for xp_args in (batch_last(lt, y, np.sqrt(w)),
-                    tuple(torch.as_tensor(a) for a in batch_last(lt, y, np.sqrt(w)))):
+    targets = model.fit_targets(torch.as_tensor(y), torch.as_tensor(np.sqrt(w))).numpy()
+    for xp_args in (batch_last(lt, targets, np.sqrt(w)),
+                    tuple(torch.as_tensor(a) for a in batch_last(lt, targets, np.sqrt(w)))):
         th = theta.T.copy() if isinstance(xp_args[0], np.ndarray) else torch.as_tensor(theta.T)
         g = np.asarray(model.fit_gram(th, *xp_args)).reshape(p + 1, p + 1, -1)
         np.testing.assert_allclose(np.moveaxis(g, -1, 0), ref, rtol=1e-6, atol=1e-12)
@@ -126,13 +128,22 @@ def test_numpy_and_torch_loops_give_the_same_fits(monkeypatch):
         assert a.iterations == b.iterations
 
 
-def test_fast_path_equals_the_generic_path_without_jumps():
-    """The fused Gram matrix and packed loop reproduce the generic normal-equation path."""
+def best_of_starts(cost, converged):
+    """Each curve's best start (B, S) -> (B,): converged first, then the lowest cost, ties to
+    1e-12 to the earliest start (the fitter's documented rule)."""
+    key = torch.where(converged, cost, cost + 1e300)
+    return (key <= key.amin(-1, keepdim=True) * (1 + 1e-12)).to(torch.uint8).argmax(-1)
+
+
+def test_fast_path_equals_the_generic_path_without_jumps(monkeypatch):
+    """The fused Gram matrix and packed loop reproduce the generic normal-equation path (with
+    every start run to its end: merging of starts that meet switched off)."""
+    monkeypatch.setattr(lm, "MERGE_FIRST_ITER", 10**9)
+    monkeypatch.setattr(lm, "MERGE_EVERY", 10**9)
     times, fracs = noisy_curves(80, seed=3)
     model = JMAK()
     res = fit_curves(NoValleyJMAK(), times, fracs)
     # the generic path: the public loop on the model's unfused normal equations, every start
-    from matmeta.fitting._fit import pad_curves
     from matmeta.fitting._lm import normal_equations
 
     x, y, w, _ = pad_curves(times, fracs)
@@ -146,11 +157,65 @@ def test_fast_path_equals_the_generic_path_without_jumps():
     ref = levenberg_marquardt(fn, starts.reshape(-1, 2),
                               tuple(t.repeat_interleave(3, 0) for t in (lt, y, sw)))
     cost = ref.cost.reshape(-1, 3)
-    best = torch.where(ref.converged.reshape(-1, 3), cost, cost + 1e300).argmin(-1)
+    best = best_of_starts(cost, ref.converged.reshape(-1, 3))
     theta = ref.theta.reshape(-1, 3, 2)[torch.arange(len(times)), best]
     torch.testing.assert_close(res.theta, theta, rtol=1e-7, atol=1e-8)
     torch.testing.assert_close(res.cost, cost[torch.arange(len(times)), best], rtol=1e-9,
                                atol=1e-15)
+
+
+def test_starts_that_meet_are_merged_without_changing_the_fits(monkeypatch):
+    """Two starts of one curve that meet end in the same minimum: the higher-cost one stops
+    early (unconverged, never the one kept). Against running every start to its end: the same
+    minimum to the loop's own tolerances (cost within 10 ftol = 1.5e-7 relative on
+    well-determined curves, within the stall tolerance 1e-4 on poorly determined ones;
+    parameters far inside their standard errors), with fewer evaluations."""
+    times, fracs = noisy_curves(300, seed=11)
+    calls = {"rows": 0}
+    gram = JMAK.fit_gram
+
+    def counting(self, theta, *args):
+        calls["rows"] += theta.shape[-1]
+        return gram(self, theta, *args)
+
+    monkeypatch.setattr(JMAK, "fit_gram", counting)
+    merged = fit_curves(JMAK(), times, fracs)
+    rows_merged, calls["rows"] = calls["rows"], 0
+    monkeypatch.setattr(lm, "MERGE_FIRST_ITER", 10**9)
+    monkeypatch.setattr(lm, "MERGE_EVERY", 10**9)
+    full = fit_curves(JMAK(), times, fracs)
+    assert rows_merged < 0.9 * calls["rows"]
+    assert bool(merged.converged.all()) and bool(full.converged.all())
+    rel = (merged.cost - full.cost) / full.cost
+    well = ~merged.poorly_determined
+    assert float(rel[well].abs().max()) < 1.5e-7
+    assert float(rel.abs().max()) < 1e-4
+    # parameters agree far inside their standard errors (where those are finite)
+    se = merged.stderr
+    close = (merged.theta - full.theta).abs() < 1e-2 * se
+    assert bool((close | ~torch.isfinite(se)).all())
+
+    # the loop itself: two identical starts and a third far away, one curve
+    monkeypatch.undo()
+    model = JMAK()
+    t, f = times[0], fracs[0]
+    x, y, w, _ = pad_curves([t], [f])
+    lt = model.fit_inputs(x).numpy()
+    sw = np.sqrt(w.numpy())
+    targets = model.fit_targets(torch.as_tensor(y), torch.as_tensor(sw)).numpy()
+    th0 = model.initial_guesses(x, y, w)[0, [0, 0, 2]].numpy()
+    data = batch_last(np.repeat(lt, 3, 0), np.repeat(targets, 3, 0), np.repeat(sw, 3, 0))
+
+    def gram_fn(theta, *d):
+        return model.fit_gram(theta, d[0], d[1], d[2])
+
+    res = lm._lm_loop(gram_fn, np.ascontiguousarray(th0.T), data, xp=np,
+                      groups=np.zeros(3, dtype=np.int64))
+    alone = lm._lm_loop(gram_fn, np.ascontiguousarray(th0[:1].T), tuple(a[..., :1] for a in data),
+                        xp=np)
+    assert res.merged.tolist()[:2] == [False, True]  # a tie: the earlier start goes on
+    assert not bool(res.converged[1])
+    torch.testing.assert_close(res.theta[0], alone.theta[0], rtol=0, atol=0)
 
 
 def test_curve_order_and_chunking_do_not_change_the_fits():

@@ -444,17 +444,26 @@ class ParametricModel:
         default) makes the fitter build them from :meth:`fit_value_and_jacobian`."""
         return None
 
-    def fit_gram(self, theta: Any, prepared: Any, y: Any, sqrt_w: Any) -> Any:
-        """Optionally the fused Gram matrix of ``[J | r]`` for ``r = sqrt_w (f - y)``, the one
-        array the batched fitter's loop carries per curve. None (the default) makes the
-        fitter build it from :meth:`fit_normal_equations` or :meth:`fit_value_and_jacobian`.
+    def fit_targets(self, y: Tensor, sqrt_w: Tensor) -> Any:
+        """Optionally, what :meth:`fit_gram` takes of the targets ``y`` and the residual weights
+        ``sqrt_w`` (both (B, N)), computed once per fit (e.g. the part of the residuals that
+        does not depend on the parameters). None (the default): the law has no fused Gram
+        matrix, and the fitter builds it from :meth:`fit_normal_equations` or
+        :meth:`fit_value_and_jacobian`."""
+        return None
+
+    def fit_gram(self, theta: Any, prepared: Any, targets: Any, sqrt_w: Any) -> Any:
+        """The fused Gram matrix of ``[J | r]`` for ``r = sqrt_w (f - y)``, the one array the
+        batched fitter's loop carries per curve, for laws whose :meth:`fit_targets` is not
+        None (the fitter calls it only then).
 
         Batch-last, in the loop's namespace (numpy arrays on the CPU, torch tensors
         elsewhere; see :mod:`matmeta.fitting`): ``theta`` (P, B), ``prepared`` (N, ..., B)
-        (:meth:`fit_inputs` output with the batch moved last), ``y`` and ``sqrt_w`` (N, B).
-        Returns ``[[J^T J, J^T r], [r^T J, r^T r]]`` flattened row-major, ((P+1)^2, B).
+        (:meth:`fit_inputs` output with the batch moved last), ``targets`` (N, B) (from
+        :meth:`fit_targets`, batch moved last) and ``sqrt_w`` (N, B). Returns
+        ``[[J^T J, J^T r], [r^T J, r^T r]]`` flattened row-major, ((P+1)^2, B).
         """
-        return None
+        raise NotImplementedError
 
     def fit_valley_direction(self, theta: Any, step: Any) -> Any:
         """Optionally, for fits that creep (many small accepted steps), which ones run along a

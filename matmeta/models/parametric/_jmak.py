@@ -228,42 +228,59 @@ class JMAK(ParametricModel):
         g = torch.stack([n1 * qr.sum(-1), (qr * z).sum(-1)], -1)
         return (r * r).sum(-1), a, g
 
-    def fit_gram(self, theta: Any, prepared: Any, y: Any, sqrt_w: Any) -> Any:
-        """Fused Gram matrix of ``[J | r]`` for (ln k, ln n) and, with ``fit_fmax``,
-        ``logit_fmax``: the Jacobian columns and residuals in closed form, their pairwise sums
-        in one ``einsum`` (about fifteen array operations). Batch-last numpy or torch arrays, as
-        :meth:`ParametricModel.fit_gram` describes; None with ``fit_t0`` (the generic path
-        handles the incubation time's branch).
-
-        With ``q = sqrt_w f_max e^z exp(-e^z)`` the columns are ``q n``, ``q z`` and
-        ``sqrt_w (1 - exp(-e^z)) f_max (1 - f_max)``. Clamping ``z`` to ``[Z_MIN, Z_MAX]``
-        needs no mask: the derivative there (below ~1e-22) is negligible. ``1 - exp(-e)``
-        instead of ``-expm1(-e)``: the absolute error (~1e-16) is irrelevant to a fit.
-        """
+    def fit_targets(self, y: Tensor, sqrt_w: Tensor) -> Tensor | None:
+        """The part of the residuals that does not depend on the parameters, once per fit:
+        ``sqrt_w (1 - y)`` (``r = sqrt_w (1 - y) - sqrt_w exp(-e^z)``), or ``sqrt_w y`` with
+        ``fit_fmax``; None with ``fit_t0`` (no fused Gram matrix)."""
         if self.fit_t0:
             return None
+        return sqrt_w * y if self.fit_fmax else sqrt_w * (1.0 - y)
+
+    def fit_gram(self, theta: Any, prepared: Any, targets: Any, sqrt_w: Any) -> Any:
+        """Fused Gram matrix of ``[J | r]`` for (ln k, ln n) and, with ``fit_fmax``,
+        ``logit_fmax``: the Jacobian columns and residuals in closed form, written in place
+        into one array, and their pairwise sums in one ``einsum`` (about a dozen array
+        operations). Batch-last numpy or torch arrays, as :meth:`ParametricModel.fit_gram`
+        describes; ``targets`` from :meth:`fit_targets`. Only without ``fit_t0`` (the fitter
+        asks :meth:`fit_targets` first; the generic path handles the incubation time's branch).
+
+        With ``g = sqrt_w exp(-e^z)`` and ``q = g e^z f_max`` the columns are ``q n``, ``q z``
+        and ``(sqrt_w - g) f_max (1 - f_max)``. Clamping ``z`` to ``[Z_MIN, Z_MAX]`` needs no
+        mask: the derivative there (below ~1e-22) is negligible. ``1 - exp(-e)`` instead of
+        ``-expm1(-e)``: the absolute error (~1e-16) is irrelevant to a fit.
+        """
         xp = _namespace(theta)
         n = xp.exp(theta[1])
-        z = (theta[0] + prepared) * n
-        e = xp.exp(xp.clip(z, Z_MIN, Z_MAX))
-        sg = sqrt_w * xp.exp(-e)
+        z = prepared * n
+        z += theta[0] * n
+        if xp is np:  # (two ufuncs: np.clip adds several microseconds of Python per call)
+            e = np.maximum(z, Z_MIN)
+            np.minimum(e, Z_MAX, out=e)
+        else:
+            e = z.clamp(Z_MIN, Z_MAX)
+        xp.exp(e, out=e)
         # the columns of [J | r] written straight into one array, then all their pairwise sums
-        # over the points in one einsum: the fitter's loop spends its time in calls, not
-        # arithmetic, at a few hundred curves
+        # over the points in one einsum: in-place operations, as the fitter's loop spends its
+        # time in array operations over a few thousand curves, not in arithmetic
         k = 4 if self.fit_fmax else 3
         v = (np.empty((k, *z.shape), dtype=z.dtype) if xp is np
              else torch.empty((k, *z.shape), dtype=z.dtype, device=z.device))
+        g = v[k - 1]
+        xp.negative(e, out=g)
+        xp.exp(g, out=g)
+        g *= sqrt_w
+        xp.multiply(g, e, out=v[1])
         if self.fit_fmax:
             fmax = 1.0 / (1.0 + xp.exp(-theta[2]))
-            h = sqrt_w - sg
-            q = sg * e * fmax
-            xp.multiply(h, fmax * (1.0 - fmax), out=v[2])
-            xp.subtract(h * fmax, sqrt_w * y, out=v[3])
+            v[1] *= fmax
+            xp.subtract(sqrt_w, g, out=v[2])  # sqrt_w (1 - exp(-e)) = sqrt_w f / f_max
+            xp.multiply(v[2], fmax, out=v[3])
+            v[3] -= targets
+            v[2] *= fmax * (1.0 - fmax)
         else:
-            q = sg * e
-            xp.subtract(sqrt_w * (1.0 - y), sg, out=v[2])
-        xp.multiply(q, n, out=v[0])
-        xp.multiply(q, z, out=v[1])
+            xp.subtract(targets, g, out=g)
+        xp.multiply(v[1], n, out=v[0])
+        v[1] *= z
         return xp.einsum("inb,jnb->ijb", v, v).reshape(k * k, -1)
 
     def fit_valley_direction(self, theta: Any, step: Any) -> Any:
@@ -310,10 +327,10 @@ class JMAK(ParametricModel):
         t, w = inputs, (torch.ones_like(y) if weight is None else weight)
         valid = (w > 0) & (t > 0)
         dtype = y.dtype
-        ymax = torch.where(valid, y, torch.full_like(y, -1.0)).amax(-1, keepdim=True)
+        ymax = y.masked_fill(~valid, -1.0).amax(-1, keepdim=True)
         fmax0 = ymax.clamp(0.05, 0.995) if self.fit_fmax else torch.ones_like(ymax)
         yn = y / fmax0 if self.fit_fmax else y
-        tpos = torch.where(valid, t, torch.ones_like(t))
+        tpos = t.masked_fill(~valid, 1.0)
         big = torch.finfo(dtype).max
         # t0 guess: halfway to the last time still below 2% of the plateau
         if self.fit_t0:
@@ -330,29 +347,35 @@ class JMAK(ParametricModel):
         mid = valid & (yn > 0.02) & (yn < 0.98)
         if self.fit_t0:
             mid = mid & (tpos > t0)
-        yy = torch.log(-torch.log1p(-yn.clamp(0.02, 0.98)))
-        m = mid.to(dtype)
+        l1m = torch.log1p(-yn.clamp(0.02, 0.98))
+        yy = torch.log(-l1m)
+        # weighted least squares from the sums, each point weighted by the inverse variance of
+        # its Avrami ordinate for a constant error in f, ((1 - f) ln(1 - f))^2: the line then
+        # lies close to the least-squares fit of the curve itself, which saves LM iterations
+        # (ln t and the Avrami ordinate are both O(10): no cancellation that matters here)
+        m = mid * ((1.0 - yn.clamp(0.02, 0.98)) * l1m) ** 2
         cnt = m.sum(-1, keepdim=True)
-        mx = (m * lt).sum(-1, keepdim=True) / cnt.clamp_min(1)
-        my = (m * yy).sum(-1, keepdim=True) / cnt.clamp_min(1)
-        sxx = (m * (lt - mx) ** 2).sum(-1, keepdim=True)
-        sxy = (m * (lt - mx) * (yy - my)).sum(-1, keepdim=True)
-        slope = sxy / sxx.clamp_min(1e-12)
-        ok = (cnt >= 2) & (sxx > 1e-8) & (slope > 0.05)
+        mlt, myy = m * lt, m * yy
+        n_safe = cnt.clamp_min(1e-300)
+        mx, my = mlt.sum(-1, keepdim=True) / n_safe, myy.sum(-1, keepdim=True) / n_safe
+        sxx = (mlt * lt).sum(-1, keepdim=True) - cnt * mx * mx
+        sxy = (mlt * yy).sum(-1, keepdim=True) - cnt * mx * my
+        slope = sxy / sxx.clamp_min(1e-300)
+        ok = (mid.sum(-1, keepdim=True) >= 2) & (sxx > 1e-8 * cnt) & (slope > 0.05)
         n_reg = torch.where(ok, slope, torch.full_like(slope, 2.0)).clamp(0.2, 12.0)
         lnk_reg = (my - n_reg * mx) / n_reg
         # half time: first point at or above half the plateau, interpolated in ln t
         above = valid & (yn >= 0.5)
         n_pts = y.shape[-1]
-        idx = torch.where(above, torch.arange(n_pts, device=y.device), n_pts).amin(-1, keepdim=True)
-        has = idx < n_pts
+        has = above.any(-1, keepdim=True)
+        idx = torch.where(has, above.to(torch.uint8).argmax(-1, keepdim=True), n_pts)
         i1 = idx.clamp_max(n_pts - 1)
         i0 = (i1 - 1).clamp_min(0)
         l1, l0 = lt.gather(-1, i1), lt.gather(-1, i0)
         y1, y0 = yn.gather(-1, i1), yn.gather(-1, i0)
         frac = ((0.5 - y0) / (y1 - y0).clamp_min(1e-12)).clamp(0.0, 1.0)
         l_half = torch.where(i1 > i0, l0 + frac * (l1 - l0), l1)
-        l_last = torch.where(valid, lt, torch.full_like(lt, -big)).amax(-1, keepdim=True)
+        l_last = lt.masked_fill(~valid, -big).amax(-1, keepdim=True)
         l_half = torch.where(has, l_half, l_last + 0.7)
         starts = []
         for n0, lnk0 in ((n_reg, lnk_reg), (torch.ones_like(n_reg), None),
