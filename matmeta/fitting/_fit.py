@@ -387,6 +387,8 @@ def fit_curves(
     if weight is not None and ((w_pad < 0).any() or not torch.isfinite(w_pad).all()):
         raise InputError("weights must be finite and non-negative")
     for name, t in (("inputs", x_pad), ("targets", y_pad)):
+        if bool(torch.isfinite(t).all()):  # (padding included: the common case, one check)
+            continue
         bad = ~torch.isfinite(t.reshape(b, t.shape[1], -1)).all(-1) & live
         if bad.any():
             i, j = (int(v) for v in bad.nonzero()[0])
@@ -411,15 +413,16 @@ def fit_curves(
         raise InputError(
             f"{_label(labels, i)}: {int(n_points[i])} points for {p} free parameters "
             f"({', '.join(model.flat_names)}); measure more points or give a prior")
-    big = torch.finfo(dtype).max
-    y_hi = torch.where(live, y_pad, torch.full_like(y_pad, -big)).amax(-1)
-    y_lo = torch.where(live, y_pad, torch.full_like(y_pad, big)).amin(-1)
     # Under a prior the MAP fit of constant targets (two points both at f = 0) is well defined.
-    flat = (y_hi == y_lo) & (n_points > 1) & (prior is None)
-    if flat.any():
-        i = int(flat.nonzero()[0, 0])
-        raise InputError(f"{_label(labels, i)}: all {int(n_points[i])} target values equal "
-                         f"{float(y_hi[i]):g}; a curve needs values that change")
+    if prior is None:
+        big = torch.finfo(dtype).max
+        y_hi = torch.where(live, y_pad, big * -1.0).amax(-1)
+        y_lo = torch.where(live, y_pad, big).amin(-1)
+        flat = (y_hi == y_lo) & (n_points > 1)
+        if flat.any():
+            i = int(flat.nonzero()[0, 0])
+            raise InputError(f"{_label(labels, i)}: all {int(n_points[i])} target values "
+                             f"equal {float(y_hi[i]):g}; a curve needs values that change")
 
     # residual scale: 1/sigma when given, else 1/noise_std (matters only against a prior)
     if s_pad is not None:

@@ -327,9 +327,11 @@ class JMAK(ParametricModel):
         t, w = inputs, (torch.ones_like(y) if weight is None else weight)
         valid = (w > 0) & (t > 0)
         dtype = y.dtype
-        ymax = y.masked_fill(~valid, -1.0).amax(-1, keepdim=True)
-        fmax0 = ymax.clamp(0.05, 0.995) if self.fit_fmax else torch.ones_like(ymax)
-        yn = y / fmax0 if self.fit_fmax else y
+        if self.fit_fmax:
+            fmax0 = y.masked_fill(~valid, -1.0).amax(-1, keepdim=True).clamp(0.05, 0.995)
+            yn = y / fmax0
+        else:
+            yn = y
         tpos = t.masked_fill(~valid, 1.0)
         big = torch.finfo(dtype).max
         # t0 guess: halfway to the last time still below 2% of the plateau
@@ -338,8 +340,6 @@ class JMAK(ParametricModel):
             t_before = torch.where(before, tpos, torch.zeros_like(tpos)).amax(-1, keepdim=True)
             t_min = torch.where(valid, tpos, torch.full_like(tpos, big)).amin(-1, keepdim=True)
             t0 = torch.where(t_before > 0, 0.5 * t_before, 0.1 * t_min.clamp_max(1e300))
-        else:
-            t0 = torch.zeros_like(ymax)
         # without t0, tau is tpos itself (positive): the same values at fewer operations
         tau = (tpos - t0).clamp_min(1e-300) if self.fit_t0 else tpos
         lt = torch.log(tau)
@@ -347,13 +347,14 @@ class JMAK(ParametricModel):
         mid = valid & (yn > 0.02) & (yn < 0.98)
         if self.fit_t0:
             mid = mid & (tpos > t0)
-        l1m = torch.log1p(-yn.clamp(0.02, 0.98))
+        yc = yn.clamp(0.02, 0.98)
+        l1m = torch.log1p(-yc)
         yy = torch.log(-l1m)
         # weighted least squares from the sums, each point weighted by the inverse variance of
         # its Avrami ordinate for a constant error in f, ((1 - f) ln(1 - f))^2: the line then
         # lies close to the least-squares fit of the curve itself, which saves LM iterations
         # (ln t and the Avrami ordinate are both O(10): no cancellation that matters here)
-        m = mid * ((1.0 - yn.clamp(0.02, 0.98)) * l1m) ** 2
+        m = mid * ((1.0 - yc) * l1m).square()
         cnt = m.sum(-1, keepdim=True)
         mlt, myy = m * lt, m * yy
         n_safe = cnt.clamp_min(1e-300)
@@ -375,8 +376,9 @@ class JMAK(ParametricModel):
         y1, y0 = yn.gather(-1, i1), yn.gather(-1, i0)
         frac = ((0.5 - y0) / (y1 - y0).clamp_min(1e-12)).clamp(0.0, 1.0)
         l_half = torch.where(i1 > i0, l0 + frac * (l1 - l0), l1)
-        l_last = lt.masked_fill(~valid, -big).amax(-1, keepdim=True)
-        l_half = torch.where(has, l_half, l_last + 0.7)
+        if not bool(has.all()):  # no point at or above half: just beyond the last one
+            l_last = lt.masked_fill(~valid, -big).amax(-1, keepdim=True)
+            l_half = torch.where(has, l_half, l_last + 0.7)
         starts = []
         for n0, lnk0 in ((n_reg, lnk_reg), (torch.ones_like(n_reg), None),
                          (torch.full_like(n_reg, 3.0), None)):
