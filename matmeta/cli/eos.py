@@ -64,7 +64,9 @@ def _fit(args: argparse.Namespace) -> int:
         if col not in df.columns:
             raise InputError(f"{src}: missing required column {col!r} "
                              f"(columns found: {', '.join(map(str, df.columns))})")
-    lines = np.arange(len(df)) + 2
+    from matmeta.io._csv import csv_row_numbers
+
+    lines = csv_row_numbers(src, len(df))
     vals = {}
     for col in ("volume_A3", "energy_eV"):
         v = pd.to_numeric(df[col], errors="coerce").to_numpy(dtype=float)

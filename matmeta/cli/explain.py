@@ -92,9 +92,12 @@ def _ids(df: Any) -> list[str]:
 
 
 def _lines(df: Any):
-    """Line number of each row in its file: header = line 1 in CSV; record number in JSON."""
+    """Row number of each row in its file (CSV: as a spreadsheet shows it, header = row 1,
+    blank rows counted); record number in JSON."""
     import numpy as np
 
+    if "lines" in df.attrs:
+        return np.asarray(df.attrs["lines"])
     return np.arange(len(df)) + int(df.attrs.get("first_row", 2))
 
 
@@ -125,6 +128,10 @@ def _read_table(path: str) -> Any:
         raise InputError(f"{path}: the table has no rows (influence needs at least one sample)")
     df.attrs["source"] = str(path)
     df.attrs["first_row"] = 1 if name.endswith(".json") else 2
+    if not name.endswith(".json"):
+        from matmeta.io._csv import csv_row_numbers
+
+        df.attrs["lines"] = csv_row_numbers(p, len(df)).tolist()
     return df
 
 

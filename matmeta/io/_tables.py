@@ -25,6 +25,7 @@ import numpy as np
 import pandas as pd
 
 from matmeta.errors import InputError, where
+from matmeta.io._csv import csv_row_numbers
 from matmeta.io._readers import Disorder, _check_disorder, _from_dataframe, _structure_column
 
 __all__ = ["read_structure_table", "validate_targets"]
@@ -38,8 +39,9 @@ def _load_table(path: Path) -> pd.DataFrame:
     try:
         if stem.endswith(".csv"):
             df = pd.read_csv(path)
-            # Row labels are what a spreadsheet shows (header = row 1), as in the other readers.
-            df.index = pd.RangeIndex(2, len(df) + 2)
+            # Row labels are what a spreadsheet shows (header = row 1, blank rows counted),
+            # as in the other readers.
+            df.index = pd.Index(csv_row_numbers(path, len(df)))
             return df
         if stem.endswith(".json"):
             opener = gzip.open if name.endswith(".gz") else open

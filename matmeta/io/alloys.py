@@ -12,9 +12,9 @@ Example:
     >>> df[["composition", "family", "PROPERTY: YS (MPa)"]].head()
     >>> df.attrs["report"]["dropped_missing_target"]      # how many rows had no target
 
-Row numbers in error messages are line numbers in the file (the header is line 1), so
-``mpea_alloys.csv, row 7`` is the seventh line a text editor shows. For a DataFrame passed in
-directly, the row is its index label.
+Row numbers in error messages are rows as a spreadsheet shows them (the header is row 1, blank
+lines count), so ``mpea_alloys.csv, row 7`` is the seventh line a text editor shows unless a
+quoted cell spans lines. For a DataFrame passed in directly, the row is its index label.
 """
 
 from __future__ import annotations
@@ -31,6 +31,7 @@ import numpy as np
 import pandas as pd
 
 from matmeta.errors import InputError, where
+from matmeta.io._csv import csv_row_numbers
 
 __all__ = ["MPEA_COLUMNS", "element_system", "parse_composition", "read_alloy_table"]
 
@@ -164,8 +165,8 @@ def _read_frame(path: str | os.PathLike | pd.DataFrame) -> tuple[pd.DataFrame, s
         raise InputError(f"{p}: empty file; expected a CSV table with a header row") from exc
     except (pd.errors.ParserError, UnicodeDecodeError) as exc:
         raise InputError(f"{p}: not a readable CSV table ({_one_line(exc)})") from exc
-    # Line numbers in the file: header is line 1, the first data row line 2.
-    return df, str(p), np.asarray(list(range(2, len(df) + 2)), dtype=object)
+    # rows as a spreadsheet numbers them (header row 1; blank rows, which pandas skips, count)
+    return df, str(p), csv_row_numbers(p, len(df)).astype(object)
 
 
 def _require_columns(df: pd.DataFrame, source: str, columns: Iterable[str]) -> None:

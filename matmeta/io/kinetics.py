@@ -40,6 +40,7 @@ import numpy as np
 import pandas as pd
 
 from matmeta.errors import InputError, where
+from matmeta.io._csv import csv_row_numbers
 from matmeta.models.parametric._units import TIME_UNITS
 
 __all__ = ["KineticsTable", "UnsortedTimesWarning", "read_kinetics_table", "validate_kinetics",
@@ -374,7 +375,8 @@ def read_kinetics_table(
     if not std_floor > 0:
         raise InputError(f"--std-floor {std_floor}: expected a positive number")
     if rows is None:
-        lines = np.arange(len(df)) + 2
+        lines = (np.arange(len(df)) + 2 if isinstance(path_or_frame, pd.DataFrame)
+                 else csv_row_numbers(path_or_frame, len(df)))
     else:
         lines = np.asarray(rows, dtype=np.int64).reshape(-1)
         if len(lines) != len(df):
