@@ -53,6 +53,7 @@ from matmeta.meta._algorithms import (
 from matmeta.meta._tasks import EpisodeSampler, Family, Task, stack_tasks, task_to
 from matmeta.meta._train import (
     MetaTrainSettings,
+    _check_finite_members,
     _check_resume,
     _dist,
     _test_kill_step,
@@ -436,34 +437,6 @@ def _clip_members(grads: Params, clip: float | None) -> Params:
             for k, g in grads.items()}
 
 
-def _check_finite(losses: Tensor, grads: Params, names: list[list[str]], rank: int, world: int,
-                  step: int, out: Path | None, last_saved: int | None) -> None:
-    bad_loss = ~torch.isfinite(losses)
-    bad_grad = [m for m in range(losses.shape[0])
-                if not all(bool(torch.isfinite(g[m]).all()) for g in grads.values())]
-    device = next(iter(grads.values())).device
-    flag = torch.tensor([float(bool(bad_loss.any()) or bool(bad_grad))], device=device)
-    if world > 1:
-        import torch.distributed as dist
-
-        dist.all_reduce(flag, op=dist.ReduceOp.MAX)
-    if not flag.item():
-        return
-    kept = (f"the last good checkpoint {out} (meta-step {last_saved}) is kept"
-            if out is not None and last_saved is not None else "no checkpoint was written")
-    if bool(bad_loss.any()):
-        m, local = (int(i) for i in torch.nonzero(bad_loss)[0])
-        i = rank + local * world
-        what = (f"member {m}: the query loss of task {i} (family {names[m][i]!r}) is "
-                f"{losses[m, local].item()}")
-    elif bad_grad:
-        what = f"member {bad_grad[0]}: the meta-gradient is not finite"
-    else:
-        what = "another rank met a non-finite loss"
-    raise ConvergenceError(f"meta-step {step}: {what}; stopped, {kept}; "
-                           "lower the inner or outer learning rate, or clip gradients")
-
-
 # ------------------------------------------------------------------ training
 def _initial(model: FunctionalModel, members: int, seed: int, init_params: Params | None,
              shared: bool) -> list[Params]:
@@ -655,7 +628,8 @@ def meta_train_ensemble(model: FunctionalModel, train_families: Sequence[Family]
         else:
             grads = {k: torch.zeros_like(v) for k, v in current.items()}
             losses = torch.zeros(members, 0, device=device)
-        _check_finite(losses, grads, names, rank, world, step + 1, out_path, last_saved)
+        _check_finite_members(losses, grads, names, rank, world, step + 1, out_path,
+                              last_saved)
         loss_sum = losses.sum(1).to(current[keys[0]].dtype)
         if world > 1:
             import torch.distributed as dist

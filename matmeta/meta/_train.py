@@ -425,10 +425,21 @@ def _test_kill_step() -> int | None:
 
 def _check_finite(losses: Tensor, grads: Params, names: list[str], rank: int, world: int,
                   step: int, out: Path | None, last_saved: int | None) -> None:
+    """Stop at a non-finite query loss or meta-gradient, naming the task and its family."""
+    _check_finite_members(losses[None], {k: g[None] for k, g in grads.items()}, [names], rank,
+                          world, step, out, last_saved, label_members=False)
+
+
+def _check_finite_members(losses: Tensor, grads: Params, names: list[list[str]], rank: int,
+                          world: int, step: int, out: Path | None, last_saved: int | None,
+                          label_members: bool = True) -> None:
+    """:func:`_check_finite` for M members trained together: ``losses`` (M, tasks on this
+    rank), each gradient with a leading member dimension, ``names[m]`` member m's families."""
     bad_loss = ~torch.isfinite(losses)
-    bad_grad = any(not bool(torch.isfinite(g).all()) for g in grads.values())
+    bad_grad = [m for m in range(losses.shape[0])
+                if not all(bool(torch.isfinite(g[m]).all()) for g in grads.values())]
     device = next(iter(grads.values())).device  # NCCL reduces only device tensors
-    flag = torch.tensor([float(bool(bad_loss.any()) or bad_grad)], device=device)
+    flag = torch.tensor([float(bool(bad_loss.any()) or bool(bad_grad))], device=device)
     if world > 1:
         import torch.distributed as dist
 
@@ -438,13 +449,16 @@ def _check_finite(losses: Tensor, grads: Params, names: list[str], rank: int, wo
     kept = (f"the last good checkpoint {out} (meta-step {last_saved}) is kept"
             if out is not None and last_saved is not None else "no checkpoint was written")
     if bool(bad_loss.any()):
-        local = int(torch.nonzero(bad_loss)[0])
+        m, local = (int(i) for i in torch.nonzero(bad_loss)[0])
         i = rank + local * world
-        what = f"the query loss of task {i} (family {names[i]!r}) is {losses[local].item()}"
+        what = (f"the query loss of task {i} (family {names[m][i]!r}) is "
+                f"{losses[m, local].item()}")
     elif bad_grad:
-        what = "the meta-gradient is not finite"
+        m, what = bad_grad[0], "the meta-gradient is not finite"
     else:
-        what = "another rank met a non-finite loss"
+        m, what = None, "another rank met a non-finite loss"
+    if label_members and m is not None:
+        what = f"member {m}: {what}"
     raise ConvergenceError(f"meta-step {step}: {what}; stopped, {kept}; "
                            "lower the inner or outer learning rate, or clip gradients")
 

@@ -143,6 +143,7 @@ def test_nan_loss_stops_naming_task_and_step_and_keeps_the_last_checkpoint(tmp_p
                    train=MetaTrainSettings(steps=5, meta_batch=2, k_shot=3, q_query=4))
     msg = str(err.value)
     assert "meta-step 3" in msg and "task 0" in msg and "'poisoned'" in msg and "\n" not in msg
+    assert "member" not in msg  # (a single model: no member named)
     assert "(meta-step 2) is kept" in msg
     assert out.read_bytes() == before
 
