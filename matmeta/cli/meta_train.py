@@ -138,7 +138,8 @@ def add_parser(subparsers) -> None:
                    help="gp: stationary kernel on the learned features (plus a linear part) "
                         "[rbf]")
     g.add_argument("--batching", default=None, choices=("auto", "vmap", "loop"),
-                   help="process tasks with vmap or a loop [auto]")
+                   help="process tasks with vmap or a loop (auto: vmap for equally sized "
+                        "tensor tasks; the head algorithms always loop) [auto]")
     g = p.add_argument_group("outer loop")
     g.add_argument("--outer-optimizer", default=None, choices=("adam", "sgd"), help="[adam]")
     g.add_argument("--outer-lr", type=float, default=None, help="outer learning rate [1e-3]")

@@ -86,8 +86,9 @@ class MetaSettings:
             ``head_names()``).
         proximal: implicit MAML's regulariser strength lambda (1/length^2 of the parameters).
         cg_steps: conjugate-gradient iterations for implicit MAML.
-        batching: ``"auto"`` (vmap for equally sized tensor-input tasks, loop otherwise),
-            ``"vmap"`` or ``"loop"``. (Hand-batched per-task parameters, bmm without vmap, were
+        batching: ``"auto"`` (vmap for equally sized tensor-input tasks, loop otherwise;
+            always the loop for the head algorithms), ``"vmap"`` (refused for the head
+            algorithms) or ``"loop"``. (Hand-batched per-task parameters, bmm without vmap, were
             measured no faster than vmap for the MLP: benchmarks/meta.md.)
         head_loss: head algorithms: the query loss, ``"nlpd"`` (nats) or ``"mse"``.
         kernel: ``gp``: ``"rbf"`` or ``"matern52"`` (plus a linear part).
@@ -118,6 +119,10 @@ class MetaSettings:
             raise InputError(f"proximal {self.proximal}: implicit MAML needs a positive value")
         if self.batching not in ("auto", "vmap", "loop"):
             raise InputError(f"batching {self.batching!r}: expected auto, vmap or loop")
+        if self.batching == "vmap" and self.algorithm in HEAD_ALGORITHMS:
+            raise InputError(f"batching 'vmap' with algorithm {self.algorithm!r}: the head's "
+                             "evidence fit stops its Newton steps per task, so head algorithms "
+                             "loop over tasks; use batching 'auto' or 'loop'")
         if self.trainable is not None:
             self.trainable = list(self.trainable)
         if self.head_loss not in ("nlpd", "mse"):

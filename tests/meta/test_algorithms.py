@@ -229,6 +229,15 @@ def test_unknown_algorithm_is_one_clear_line():
     assert "\n" not in str(e.value)
 
 
+@pytest.mark.parametrize("algorithm", ["bayes_linear", "gp"])
+def test_head_algorithms_refuse_vmap_batching_instead_of_ignoring_it(algorithm):
+    with pytest.raises(InputError, match=rf"batching 'vmap' with algorithm '{algorithm}'.*"
+                                         r"use batching 'auto' or 'loop'") as e:
+        MetaSettings(algorithm, batching="vmap")
+    assert "\n" not in str(e.value)
+    assert MetaSettings(algorithm, batching="loop").batching == "loop"
+
+
 def test_sinusoid_meta_learning_beats_training_from_scratch_on_three_points():
     """Sinusoids a sin(x + b), a in [0.5, 2], b in [0, pi]: the structure MAML must learn."""
     gen = torch.Generator().manual_seed(0)
