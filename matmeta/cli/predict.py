@@ -176,7 +176,8 @@ def _run_adapted(args: argparse.Namespace, device) -> int:
                          "replace the model; choose another --out")
     adapted = load_adapted(args.model, map_location=device)
     ranked = screen(adapted, candidates, folder, goal=goal, uncertainty=args.uncertainty,
-                    top=args.top)
+                    top=args.top, workers=args.workers, cache_dir=args.cache_dir,
+                    progress=not args.quiet)
     if args.json:
         from matmeta.checkpoint import dumps_json
 

@@ -578,8 +578,9 @@ def _need_columns(df: pd.DataFrame, columns: Sequence[str], name: str, what: str
 
 
 def encode_rows(df: pd.DataFrame, spec: dict[str, Any], model: Any = None, *,
-                with_target: bool = True, dtype: torch.dtype = torch.float32
-                ) -> tuple[Any, torch.Tensor | None]:
+                with_target: bool = True, dtype: torch.dtype = torch.float32,
+                workers: int = 1, cache_dir: str | os.PathLike | None = None,
+                progress: bool = False) -> tuple[Any, torch.Tensor | None]:
     """Model inputs and targets (in their units) for rows read by :func:`read_rows`.
 
     Example:
@@ -594,6 +595,8 @@ def encode_rows(df: pd.DataFrame, spec: dict[str, Any], model: Any = None, *,
             describe it).
         with_target: also return the target column as a float64 tensor (else None).
         dtype: float dtype of the inputs.
+        workers, cache_dir, progress: graph models: processes building the graphs, a graph
+            cache folder, a progress bar (see :func:`~matmeta.graphs.build_graphs`).
 
     Returns:
         ``(inputs, y)``: a tensor (composition models: packed, see
@@ -631,7 +634,8 @@ def encode_rows(df: pd.DataFrame, spec: dict[str, Any], model: Any = None, *,
         from matmeta.graphs import FeaturizerSettings, build_graphs, collate
 
         settings = FeaturizerSettings.from_dict(spec["featurizer"])
-        graphs = build_graphs(list(df["structure"]), settings, workers=1, progress=False)
+        graphs = build_graphs(list(df["structure"]), settings, workers=workers,
+                              cache_dir=cache_dir, progress=progress)
         return collate(graphs, settings, dtype=dtype), y
     source = str(df.attrs.get("source", "<table>"))
     cols = [_numeric(df, c, source) for c in spec["features"]]

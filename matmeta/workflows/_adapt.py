@@ -162,13 +162,16 @@ class AdaptedModel:
             y = self.target_transform.inverse(y)
         return y.numpy()
 
-    def encode(self, df: pd.DataFrame, with_target: bool = False) -> tuple[Any, Tensor | None]:
-        """Inputs (and targets in model space) for a table read with :meth:`read`."""
+    def encode(self, df: pd.DataFrame, with_target: bool = False, **graph_options: Any
+               ) -> tuple[Any, Tensor | None]:
+        """Inputs (and targets in model space) for a table read with :meth:`read`;
+        ``graph_options`` (``workers``, ``cache_dir``, ``progress``) go to the graph building
+        of graph models."""
         from matmeta.meta._data import encode_rows
 
         first = next(iter(self.params.values()))
         inputs, y = encode_rows(df, self.spec, self.model, with_target=with_target,
-                                dtype=first.dtype)
+                                dtype=first.dtype, **graph_options)
         if y is not None and self.target_transform is not None:
             y = self.target_transform.forward(y)
         # tables are read on the CPU; the model may live on a GPU
@@ -189,7 +192,9 @@ class AdaptedModel:
         return df
 
     def predict(self, candidates: Any, goal: str | float | None = None,
-                what: str = "candidates") -> pd.DataFrame:
+                what: str = "candidates", *, workers: int = 1,
+                cache_dir: str | os.PathLike | None = None,
+                progress: bool = False) -> pd.DataFrame:
         """Predict candidates in the target's units, ranked for ``goal``.
 
         Example:
@@ -202,6 +207,8 @@ class AdaptedModel:
             goal: ``"max"`` (default), ``"min"`` or a target value; candidates are ranked by the
                 predicted mean (see :mod:`matmeta.workflows._screen`).
             what: how the candidates are called in messages.
+            workers, cache_dir, progress: graph models: processes building the candidates'
+                graphs, a graph cache folder and a progress bar (as ``matmeta train``).
 
         Returns:
             One row per candidate in input order: ``id``; ``row`` (the file line, for alloy
@@ -219,7 +226,7 @@ class AdaptedModel:
 
         goal = parse_goal(goal)
         df = self.read(candidates, with_target=False, what=what)
-        inputs, _ = self.encode(df)
+        inputs, _ = self.encode(df, workers=workers, cache_dir=cache_dir, progress=progress)
         mean, std = self.predict_model_space(inputs)
         init, _ = self.predict_model_space(inputs, initial=True)
         t = self.target

@@ -167,7 +167,8 @@ def rank_for_goal(mean: Sequence[float] | np.ndarray, goal: str | float) -> np.n
 
 def screen(adapted: Any, candidates: Any, out: str | Any | None = None, *,
            goal: str | float | None = "max", uncertainty: bool = False,
-           top: int = 30) -> pd.DataFrame:
+           top: int = 30, workers: int = 1, cache_dir: str | Any | None = None,
+           progress: bool = False) -> pd.DataFrame:
     """Predict and rank candidates with an adapted model; optionally write a result folder.
 
     Example:
@@ -183,6 +184,8 @@ def screen(adapted: Any, candidates: Any, out: str | Any | None = None, *,
         uncertainty: require intervals (an ensemble or a Bayesian head); a single model is
             then an error.
         top: candidates shown in the plot and the report.
+        workers, cache_dir, progress: graph models: how the candidates' graphs are built
+            (see :meth:`AdaptedModel.predict`).
 
     Returns:
         The ranked table (input order; sort by ``rank``).
@@ -199,7 +202,8 @@ def screen(adapted: Any, candidates: Any, out: str | Any | None = None, *,
                          "adapted model is a single model; meta-train with --members 5 (or "
                          "--algorithm bayes_linear) and adapt again")
     goal = parse_goal(goal)
-    ranked = adapted.predict(candidates, goal=goal)
+    ranked = adapted.predict(candidates, goal=goal, workers=workers, cache_dir=cache_dir,
+                             progress=progress)
     ranked = ranked.sort_values("rank", kind="stable").reset_index(drop=True)
     ranked.attrs["goal"] = goal
     if out is None:

@@ -84,3 +84,24 @@ def test_a_support_folder_without_targets_is_refused(files, tmp_path, capsys):
     assert rc == 2
     assert "a support set needs targets" in capsys.readouterr().err
     assert not (tmp_path / "a").exists()
+
+
+def test_predict_builds_candidate_graphs_with_workers_and_cache(files, tmp_path):
+    """`matmeta predict` on an adapted graph model uses --workers and --cache-dir: two worker
+    processes and a warm cache give the predictions of a plain one-process build."""
+    adapted = adapt(files / "meta.pt", files / "lab.csv")
+    adapted.save(tmp_path / "adapted")
+    plain = load_adapted(tmp_path / "adapted").predict(files / "cands", goal="max")
+    cache = tmp_path / "cache"
+    outs = []
+    for _ in range(2):  # cold, then warm cache
+        out = tmp_path / f"ranked{len(outs)}.csv"
+        assert main(["predict", "--model", str(tmp_path / "adapted"), "--candidates",
+                     str(files / "cands"), "--out", str(out), "--workers", "2",
+                     "--cache-dir", str(cache), "--quiet", "--device", "cpu"]) == 0
+        outs.append(pd.read_csv(out).set_index("id").sort_index())
+    n_cands = len(list((files / "cands").iterdir()))
+    assert len([p for p in cache.rglob("*") if p.is_file()]) >= n_cands
+    want = plain.set_index("id").sort_index()["bulk_modulus_GPa"]
+    for got in outs:
+        np.testing.assert_allclose(got["bulk_modulus_GPa"], want, rtol=1e-6)
