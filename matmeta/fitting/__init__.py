@@ -4,8 +4,10 @@ Jacobian, and flags for poorly determined fits.
 
 Tensors go in and come out; on the CPU the loop itself runs on numpy views of them (far less
 overhead per operation), elsewhere on torch, batch-last in both (see ``_lm.py``). A law can
-speed up its fits with the fused hooks ``fit_gram`` and ``fit_valley_direction`` /
-``fit_valley_jump`` of :class:`~matmeta.models.parametric.ParametricModel` (JMAK does)."""
+speed up its fits with the hooks of :class:`~matmeta.models.parametric.ParametricModel`: a
+fused Gram matrix (``fit_targets`` with ``fit_gram``), jumps along flat valleys
+(``fit_valley_direction`` / ``fit_valley_jump``) and merging of starts that meet
+(``fit_merge_tol``); JMAK has all three."""
 
 from matmeta.fitting._fit import DEFAULT_NOISE_STD, FitResult, fit_curves, fit_jmak, pad_curves
 from matmeta.fitting._lm import LMResult, levenberg_marquardt, normal_equations, solve_spd

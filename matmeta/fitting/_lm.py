@@ -62,15 +62,18 @@ JUMP_FIRST_ITER = 4
 JUMP_EVERY = 2
 
 # starts of one curve ("siblings": several rows of one group) that meet on their way down end in
-# the same minimum: where two siblings are within MERGE_TOL of each other in every parameter,
-# the one with the higher cost leaves the loop (unconverged, so it never wins over the other);
-# tested on iterations MERGE_FIRST_ITER.. MERGE_LAST_ITER and every MERGE_EVERY-th after
-# (the test costs a few array operations; most siblings meet by the fourth iteration)
+# the same minimum: where two siblings are within ``merge_tol`` (default MERGE_TOL) of each
+# other in every parameter, the one with the higher cost leaves the loop, marked merged and
+# unconverged (the fitter never keeps a merged start while another is left); tested on
+# iterations MERGE_FIRST_ITER..MERGE_LAST_ITER and every MERGE_EVERY-th after (the test costs a
+# few array operations; most siblings meet by the fourth iteration)
 MERGE_TOL = 1e-2
 MERGE_FIRST_ITER = 2
 MERGE_LAST_ITER = 6
 MERGE_EVERY = 4
 
+# finished problems leave the working set in bulk once this fraction of it is done: compaction
+# costs a gather per state and data array, about what an iteration on them costs
 COMPACT_FRACTION = 0.5
 
 
@@ -86,7 +89,7 @@ class LMResult(NamedTuple):
         lam: (B,) damping at the end (to resume).
         merged: (B,) True where a row stopped early, unconverged, because another start of
             its curve met it with a lower cost (see ``groups`` of the loop); None without
-            groups.
+            groups, or where every group has one row.
     """
 
     theta: Tensor
@@ -155,7 +158,7 @@ def _lm_loop(gram_fn: GramFn, theta0: Any, data: tuple[Any, ...], *, xp: ModuleT
              max_iter: int = 200, ftol: float = 1.5e-8, xtol: float = 1.5e-8,
              gtol: float = 1e-12, stall_tol: float = 1e-4, stall_window: int = 5,
              lam0: float | Any = 1e-3, valley: Valley | None = None,
-             groups: Any | None = None) -> LMResult:
+             groups: Any | None = None, merge_tol: float = MERGE_TOL) -> LMResult:
     """The one loop behind every fit. Batch-last throughout: ``theta0`` (P, B) and each data
     array (..., B) in namespace ``xp``; ``gram_fn(theta, *data)`` returns the flattened Gram
     matrix ((P+1)^2, B). Tests and arguments as in :func:`levenberg_marquardt`.
@@ -169,9 +172,12 @@ def _lm_loop(gram_fn: GramFn, theta0: Any, data: tuple[Any, ...], *, xp: ModuleT
     without jumps; on the benchmark and the tests' step-like curves it is never a worse one.)
 
     ``groups``: optional (B,) array of non-negative integers, the curve of each row, with the
-    rows of one curve consecutive (several starts of one curve). Siblings that meet are merged (see
-    ``MERGE_TOL``): the higher-cost one stops where it is, unconverged, and the other carries
-    on to the minimum both were heading for."""
+    rows of one curve consecutive (several starts of one curve; rows of one group that are not
+    next to each other are merged less, never wrongly). Siblings within ``merge_tol`` of each
+    other in every parameter are merged: the one later in the strict order (cost, then row)
+    stops where it is, unconverged and flagged in ``LMResult.merged``, and the other carries on
+    to the minimum both were heading for. The order is strict, so the cheapest row of a group
+    is never stopped; a row that failed (a non-finite start) or was merged stops no other."""
     p, b = theta0.shape
     k = p + 1
     width = p + k * k  # a state column: theta (P), then the Gram matrix row-major
@@ -323,13 +329,12 @@ def _lm_loop(gram_fn: GramFn, theta0: Any, data: tuple[Any, ...], *, xp: ModuleT
                 # siblings that have met: the higher-cost one stops (as failed: unconverged)
                 th, c = s[:p], s[ic]
                 for d in range(1, min(shifts, len(grp) - 1) + 1):
-                    near = ((grp[d:] == grp[:-d])
-                            & (amax0(xp.abs(th[:, d:] - th[:, :-d])) < MERGE_TOL))
+                    near = ((grp[d:] == grp[:-d]) & ~failed[d:] & ~failed[:-d]
+                            & (amax0(xp.abs(th[:, d:] - th[:, :-d])) < merge_tol))
                     if not bool(near.any()):
                         continue
-                    # (a tie to rounding keeps the earlier start, so that the outcome does not
-                    # hang on the last bits of one platform's exp)
-                    later_worse = c[d:] > c[:-d] * (1.0 - 1e-9)
+                    # a strict order, (cost, row): equal costs stop the later row
+                    later_worse = c[d:] >= c[:-d]
                     stop_later = near & later_worse & ~done[d:]
                     stop_earlier = near & ~later_worse & ~done[:-d]
                     failed[d:] |= stop_later

@@ -13,6 +13,7 @@ import torch
 from scipy.optimize import curve_fit
 
 import matmeta.fitting._lm as lm
+from matmeta.errors import InputError
 from matmeta.fitting import fit_curves, fit_jmak, levenberg_marquardt
 from matmeta.fitting._fit import pad_curves
 from matmeta.models.parametric import JMAK, ArrheniusJMAK, Prior
@@ -128,11 +129,21 @@ def test_numpy_and_torch_loops_give_the_same_fits(monkeypatch):
         assert a.iterations == b.iterations
 
 
-def best_of_starts(cost, converged):
-    """Each curve's best start (B, S) -> (B,): converged first, then the lowest cost, ties to
-    1e-12 to the earliest start (the fitter's documented rule)."""
-    key = torch.where(converged, cost, cost + 1e300)
-    return (key <= key.amin(-1, keepdim=True) * (1 + 1e-12)).to(torch.uint8).argmax(-1)
+def best_of_starts(cost, converged, merged=None):
+    """Each curve's best start (B, S) -> (B,), the fitter's documented rule written out per
+    curve: the lowest cost among converged starts, else among unmerged ones, else among all;
+    costs within 1e-12 of the lowest go to the earliest start."""
+    out = []
+    for i in range(cost.shape[0]):
+        c, ok = cost[i].tolist(), converged[i].tolist()
+        m = [False] * len(c) if merged is None else merged[i].tolist()
+        for pool in ([j for j in range(len(c)) if ok[j]], [j for j in range(len(c)) if not m[j]],
+                     list(range(len(c)))):
+            if pool:
+                low = min(c[j] for j in pool)
+                out.append(next(j for j in pool if c[j] <= low * (1 + 1e-12)))
+                break
+    return torch.tensor(out)
 
 
 def test_fast_path_equals_the_generic_path_without_jumps(monkeypatch):
@@ -216,6 +227,87 @@ def test_starts_that_meet_are_merged_without_changing_the_fits(monkeypatch):
     assert res.merged.tolist()[:2] == [False, True]  # a tie: the earlier start goes on
     assert not bool(res.converged[1])
     torch.testing.assert_close(res.theta[0], alone.theta[0], rtol=0, atol=0)
+
+
+def quadratic_gram(theta):
+    """Gram matrix of [J | r] for r = theta (J = I, cost |theta|^2), batch-last, flattened."""
+    one, zero = np.ones(theta.shape[1]), np.zeros(theta.shape[1])
+    t0, t1 = theta
+    return np.stack([one, zero, t0, zero, one, t1, t0, t1, t0 * t0 + t1 * t1])
+
+
+def test_merging_always_keeps_the_cheapest_start_of_a_curve():
+    """Three starts pairwise within the merge distance, costs 0.6e-9 apart: whatever pairs are
+    compared, the cheapest one runs on and converges; the other two are merged."""
+    r = 0.005 * np.sqrt([1.0, 1 - 0.6e-9, 1 - 1.2e-9])
+    a = np.array([0.0, 0.05, 0.1])
+    th0 = np.stack([r * np.cos(a), r * np.sin(a)])
+    res = lm._lm_loop(quadratic_gram, th0, (), xp=np, lam0=10.0, groups=np.zeros(3, np.int64))
+    assert res.merged.tolist() == [True, True, False]
+    assert res.converged.tolist() == [False, False, True]
+    assert float(res.cost[2]) < 1e-20
+
+
+def test_a_start_that_failed_never_stops_its_sibling():
+    """A non-finite start stays in the working set for a while; it must not count as a cheaper
+    sibling (NaN comparisons are False)."""
+    def gram(theta):  # cost (theta0 + 1)^2 + theta1^2, NaN where theta0 > 0
+        g = quadratic_gram(np.stack([theta[0] + 1.0, theta[1]]))
+        g[:, theta[0] > 0] = np.nan
+        return g
+
+    th0 = np.array([[-0.002, 0.002, -0.5, -0.3], [0.0, 0.0, 0.0, 0.0]])
+    res = lm._lm_loop(gram, th0, (), xp=np, lam0=1e3, groups=np.array([0, 0, 1, 2]))
+    assert res.merged.tolist() == [False] * 4
+    assert res.converged.tolist() == [True, False, True, True]
+    np.testing.assert_allclose(res.theta[0].numpy(), [-1.0, 0.0], atol=1e-9)
+
+
+@pytest.mark.parametrize("max_iter", [3, 5])
+def test_the_kept_start_is_never_a_merged_one_at_the_iteration_cap(monkeypatch, max_iter):
+    """With an iteration cap that stops curves before any start converges, each curve keeps its
+    cheapest start that was not merged into another (merged ones stopped early)."""
+    import matmeta.fitting._fit as fit_module
+
+    seen = []
+    loop = fit_module._lm_loop
+
+    def spy(*args, **kwargs):
+        res = loop(*args, **kwargs)
+        seen.append((np.array(kwargs["groups"]), res))
+        return res
+
+    monkeypatch.setattr(fit_module, "_lm_loop", spy)
+    times, fracs = noisy_curves(300, seed=11)
+    res = fit_curves(JMAK(), times, fracs, max_iter=max_iter)
+    groups, raw = seen[0]
+    # the loop's rows are curves' starts in some order; gather them back per curve
+    idx = np.argsort(groups, kind="stable")
+    per = {k: getattr(raw, k)[torch.as_tensor(idx)].reshape(len(times), 3)
+           for k in ("cost", "converged", "merged")}
+    assert bool(per["merged"].any()) and not bool(per["converged"].all())
+    expected = best_of_starts(per["cost"], per["converged"], per["merged"])
+    assert torch.equal(res.start_index, expected)
+    kept_merged = per["merged"][torch.arange(len(times)), res.start_index]
+    assert not bool((kept_merged & ~per["merged"].all(-1)).any())
+
+
+def test_nan_at_a_point_without_weight_is_ignored():
+    """A caller's NaN at a weight-0 point (its own padding) carries no weight and changes
+    nothing: the fit equals the fit without that point."""
+    t = np.array([30.0, 60.0, 120.0, 240.0, 480.0, 960.0])
+    f = jmak_np(t, math.log(1 / 200.0), math.log(2.0)) + np.array(
+        [0.01, -0.02, 0.015, -0.01, 0.02, -0.005])
+    w = np.ones(6)
+    w[3] = 0.0
+    f_nan, t_nan = f.copy(), t.copy()
+    f_nan[3], t_nan[3] = np.nan, np.nan
+    a = fit_curves(JMAK(), [t_nan], [f_nan], weight=[w])
+    b = fit_curves(JMAK(), [np.delete(t, 3)], [np.delete(f, 3)])
+    assert bool(a.converged.all())
+    torch.testing.assert_close(a.theta, b.theta, rtol=1e-9, atol=1e-12)
+    with pytest.raises(InputError, match="point 3: targets must be finite"):
+        fit_curves(JMAK(), [t], [f_nan])
 
 
 def test_curve_order_and_chunking_do_not_change_the_fits():
@@ -316,8 +408,6 @@ def test_tungsten_fits_equal_between_loops_and_never_worse_than_plain_lm(monkeyp
 
 def test_bad_weights_are_refused_and_default_weights_need_no_check():
     t, f = [np.array([100.0, 200.0, 400.0])], [np.array([0.1, 0.5, 0.9])]
-    from matmeta.errors import InputError
-
     for bad in (-1.0, float("nan"), float("inf")):
         with pytest.raises(InputError, match="weights must be finite and non-negative"):
             fit_curves(JMAK(), t, f, weight=[np.array([1.0, bad, 1.0])])

@@ -256,6 +256,11 @@ class ParametricModel:
     """
 
     name: str = "parametric"
+    # Starts of one curve that come within this distance of each other in every transformed
+    # parameter are taken to head for the same minimum, and the fitter stops the costlier one
+    # (see matmeta.fitting._lm). None (the default): every start runs to its end. A law sets it
+    # only where its transformed parameters share a scale and the merging was checked on it.
+    fit_merge_tol: float | None = None
 
     def __init__(self, prior: Prior | dict | None = None) -> None:
         if isinstance(prior, dict):

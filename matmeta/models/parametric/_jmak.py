@@ -93,6 +93,9 @@ class JMAK(ParametricModel):
     """
 
     name = "jmak"
+    # every transformed parameter is a log or a logit: 0.01 is 1% in k, n, t0 or f_max
+    # (merging checked on the benchmark curves: benchmarks/fitting.md)
+    fit_merge_tol = 0.01
 
     def __init__(self, fit_t0: bool = False, fit_fmax: bool = False,
                  prior: Prior | dict | None = None) -> None:
@@ -229,9 +232,10 @@ class JMAK(ParametricModel):
         return (r * r).sum(-1), a, g
 
     def fit_targets(self, y: Tensor, sqrt_w: Tensor) -> Tensor | None:
-        """The part of the residuals that does not depend on the parameters, once per fit:
-        ``sqrt_w (1 - y)`` (``r = sqrt_w (1 - y) - sqrt_w exp(-e^z)``), or ``sqrt_w y`` with
-        ``fit_fmax``; None with ``fit_t0`` (no fused Gram matrix)."""
+        """What the residuals take of the targets, once per fit: ``sqrt_w (1 - y)``
+        (``r = sqrt_w exp(-e^z) - sqrt_w (1 - y)``, up to the sign), or with ``fit_fmax``
+        ``sqrt_w y`` (``r = f_max sqrt_w (1 - exp(-e^z)) - sqrt_w y``); None with ``fit_t0``
+        (no fused Gram matrix)."""
         if self.fit_t0:
             return None
         return sqrt_w * y if self.fit_fmax else sqrt_w * (1.0 - y)
