@@ -19,7 +19,9 @@
     CRPS (model units, log10-standardised, closed form; and MPa, from 256 Gaussian draws mapped
     back), NLPD and coverage of the 50% and 90% central intervals, with and without the
     calibrated noise term. Intervals are built in model units and mapped back (the transform is
-    monotone, so coverage is the same in MPa).
+    monotone, so coverage is the same in MPa). ``--eval-shots``: 90% coverage from other
+    support sizes too, with the training k's noise term and with the one calibrated for each
+    size (``Ensemble.noise_std_by_k``).
 
 Run:
     OMP_NUM_THREADS=1 python benchmarks/bench_ensemble.py --part speed --rounds 3
@@ -51,6 +53,8 @@ from matmeta.meta._ensemble import (
 )
 from matmeta.models import Samples
 from matmeta.models._mlp import MLP
+
+Z90 = 1.6448536269514722  # the central 90% interval is mean +- Z90 std
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
@@ -267,7 +271,7 @@ def calibration(args) -> None:
     gen = torch.Generator().manual_seed(1234)
     z = torch.randn(256, 1, generator=gen)
     rows: dict[str, dict[str, float]] = {}
-    noise_by_fold = []
+    noise_by_fold, noise_tables = [], []
     for f, test_systems in enumerate(folds):
         t_fold = time.perf_counter()
         rest = [s for s in order if s not in test_systems]
@@ -289,6 +293,7 @@ def calibration(args) -> None:
                                     val_tasks=32, seed=args.seed * 100 + f),
             progress=args.progress)
         noise_by_fold.append(ens.noise_std)
+        noise_tables.append(dict(ens.noise_std_by_k))
         t_train = time.perf_counter() - t_fold
 
         # the baselines of bench_composition on the same folds, supports and queries
@@ -346,6 +351,25 @@ def calibration(args) -> None:
                     draws = tt.inverse(mean + std * z)                     # (256, q) MPa
                     out.setdefault(f"crps_MPa{tag}", []).append(
                         float(sample_crps(draws, y).mean()))
+            # other support sizes: the training k's noise term against the one calibrated for k
+            for k in args.eval_shots:
+                if k >= len(sys_df):
+                    continue
+                ep_k = bc.system_episodes(sys_df, model, tt, max_elements, k, args.draws,
+                                          eps_rng)
+                x_k = pack_composition_inputs(ep_k["x"])
+                for d in range(args.draws):
+                    sup, qry = ep_k["support"][d], ep_k["query"][d]
+                    adapted = adapt_ensemble(model, ens.meta_params,
+                                             Samples(x_k[sup], ep_k["y_std"][sup]), ens.settings)
+                    preds = predict_members(model, adapted, x_k)[:, qry]
+                    mean, var = preds.mean(0), preds.var(0)
+                    for tag, noise in (("train-k noise", ens.noise_std),
+                                       ("noise for k", ens.noise_for(k))):
+                        std = (var + noise ** 2).sqrt()
+                        inside = ((ep_k["y_std"][qry] - mean).abs() <= Z90 * std).double()
+                        out.setdefault(f"cov90 k={k:02d} {tag}", []).append(
+                            float(inside.mean()))
             rows[s] = {k: float(np.mean(v)) for k, v in out.items()}
             if baseline_scores is not None:
                 params, lam, ft = baseline_scores
@@ -364,10 +388,14 @@ def calibration(args) -> None:
         vals = np.array([rows[s][k] for s in systems if k in rows[s]])
         print(f"  {k:<28} {vals.mean():9.3f}")
     boot = np.random.default_rng(12345).integers(0, len(systems), (2000, len(systems)))
-    for k in ("cov90", "cov90 +noise", "cov50", "cov50 +noise"):
-        vals = np.array([rows[s][k] for s in systems])[boot].mean(1)
+    per_k = sorted(k for k in keys if k.startswith("cov90 k="))
+    for k in ("cov90", "cov90 +noise", "cov50", "cov50 +noise", *per_k):
+        have = [s for s in systems if k in rows[s]]
+        boot = np.random.default_rng(12345).integers(0, len(have), (2000, len(have)))
+        vals = np.array([rows[s][k] for s in have])[boot].mean(1)
         lo, hi = np.percentile(vals, [2.5, 97.5])
-        print(f"  {k:<28} 95% interval over systems [{lo:.3f}, {hi:.3f}]")
+        print(f"  {k:<34} 95% interval over {len(have)} systems [{lo:.3f}, {hi:.3f}]")
+    boot = np.random.default_rng(12345).integers(0, len(systems), (2000, len(systems)))
     if "mae fine-tuned" in keys:
         for ref in ("fine-tuned", "offset (shrunk)", "pretrained"):
             a = np.array([rows[s]["mae ensemble"] for s in systems])
@@ -378,6 +406,8 @@ def calibration(args) -> None:
                   f"[{lo:.3f}, {hi:.3f}], ensemble better on {int((a < b).sum())} of "
                   f"{len(systems)} systems")
     print(f"noise_std per fold: {[round(v, 3) for v in noise_by_fold]}")
+    print("noise by support size per fold: "
+          + "; ".join(", ".join(f"{k}: {v:.3f}" for k, v in t.items()) for t in noise_tables))
     print(f"total time {time.perf_counter() - t_start:.0f} s, threads={torch.get_num_threads()}")
 
 
@@ -408,10 +438,14 @@ def main() -> None:
     ap.add_argument("--clip", type=float, default=1.0, help="meta-gradient norm clip per member")
     ap.add_argument("--pretrain-steps", type=int, default=800)
     ap.add_argument("--no-baselines", action="store_true")
+    ap.add_argument("--eval-shots", default="2,3,8",
+                    help="other support sizes at which to compare the training k's noise term "
+                         "with the one calibrated for each size (comma list; '' for none)")
     ap.add_argument("--progress", action="store_true")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     args.models = [m for m in args.models.split(",") if m]
+    args.eval_shots = [int(k) for k in args.eval_shots.split(",") if k.strip()]
     if args.probe:
         probe(args.probe[0], args.probe[1], args.members, args.speed_steps)
         return

@@ -380,7 +380,10 @@ def run(args: argparse.Namespace) -> int:
           f"{len(train_f)} train / {len(val_f)} val / {len(test_f)} test families; "
           f"last meta-train loss {last.get('train_loss', float('nan')):.4g}"
           + (f", meta-validation loss {val[-1]:.4g}" if val else "")
-          + ((f", calibrated noise std {result.noise_std:.3g} (model space)"
+          + ((f", calibrated noise std {result.noise_std:.3g} (model space) at {train.k_shot} "
+              "support rows ("
+              + ", ".join(f"{k}: {v:.3g}" for k, v in result.noise_std_by_k.items())
+              + " by support size)"
               if val_f else ", noise NOT calibrated (no validation families): its intervals "
               "are the members' spread only") if members > 1 else "")
           + f"; wrote {', '.join(wrote)}", file=sys.stdout)

@@ -70,9 +70,11 @@ __all__ = [
     "Ensemble",
     "adapt_ensemble",
     "calibrate_noise",
+    "calibrate_noise_by_k",
     "ensemble_predict",
     "load_ensemble",
     "meta_train_ensemble",
+    "noise_for_k",
     "predict_members",
     "save_ensemble",
     "stack_params",
@@ -103,7 +105,12 @@ class Ensemble:
         settings: the inner loop every member adapts with.
         train: the outer-loop settings it was trained with.
         noise_std: extra predictive noise in model (target) units, calibrated on validation
-            families so that the 90% interval covers about 90% there; 0.0 if not calibrated.
+            families so that the 90% interval covers about 90% there at the training support
+            size ``train.k_shot``; 0.0 if not calibrated.
+        noise_std_by_k: the same calibrated for several support sizes k (``train.k_shot`` and
+            those of 1, 2, 3, 5, 10, 20 that at least half the validation families, and two,
+            have rows for): adaptation from k rows takes its noise from here
+            (:meth:`noise_for`). Empty if not calibrated.
         history: one dict per meta-step: ``step``, ``train_loss`` (mean over members) and, when
             measured, ``val_loss`` (mean member loss) and ``val_loss_ensemble`` (loss of the
             members' mean prediction).
@@ -117,6 +124,7 @@ class Ensemble:
     noise_std: float = 0.0
     history: list[dict[str, float]] = field(default_factory=list)
     extra: dict[str, Any] = field(default_factory=dict)
+    noise_std_by_k: dict[int, float] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         _members_of(self.meta_params)
@@ -124,6 +132,16 @@ class Ensemble:
             raise InputError(f"noise_std {self.noise_std}: expected a finite value >= 0 "
                              "(model units)")
         self.noise_std = float(self.noise_std)
+        table = {int(k): float(v) for k, v in dict(self.noise_std_by_k).items()}
+        if any(k < 1 or not (math.isfinite(v) and v >= 0) for k, v in table.items()):
+            raise InputError(f"noise_std_by_k {table}: expected support sizes >= 1 with finite "
+                             "values >= 0 (model units)")
+        self.noise_std_by_k = dict(sorted(table.items()))
+
+    def noise_for(self, k: int | None) -> float:
+        """The calibrated noise std for adaptation from ``k`` support rows (None: no
+        adaptation, the training size's): see :func:`noise_for_k`."""
+        return noise_for_k(self.noise_std_by_k, k, self.noise_std)
 
     @property
     def members(self) -> int:
@@ -237,12 +255,39 @@ def _moments(preds: Tensor) -> tuple[Tensor, Tensor]:
     return preds.mean(0), preds.var(0, unbiased=True)
 
 
+def noise_for_k(table: dict[int, float], k: int | None, default: float) -> float:
+    """The noise std for ``k`` support rows from a calibration table {k: std}: exact at a
+    calibrated k, linear in ln k between two, the nearest end outside them (beyond the largest
+    k the noise of fewer rows: wider intervals, not narrower). ``default`` where the table is
+    empty or ``k`` is None.
+
+    Example:
+        >>> noise_for_k({1: 0.6, 5: 0.4}, 3, 0.4)      # 0.6 - 0.2 * ln 3 / ln 5
+        0.4634...
+    """
+    if not table or k is None:
+        return float(default)
+    ks = sorted(table)
+    k = int(k)
+    if k <= ks[0]:
+        return float(table[ks[0]])
+    if k >= ks[-1]:
+        return float(table[ks[-1]])
+    hi = next(j for j in ks if j >= k)
+    lo = max(j for j in ks if j <= k)
+    if hi == lo:
+        return float(table[lo])
+    w = (math.log(k) - math.log(lo)) / (math.log(hi) - math.log(lo))
+    return float((1.0 - w) * table[lo] + w * table[hi])
+
+
 def ensemble_predict(ens: Ensemble, support: Samples | None, query_inputs: Any, *,
                      steps: int | None = None) -> tuple[Tensor, Tensor]:
     """Adapt every member to ``support`` and predict: the mean and std over members.
 
-    ``std = sqrt(member variance + noise_std**2)``: the members' unbiased variance plus the
-    noise term :func:`calibrate_noise` measured on validation families. In the units the ensemble
+    ``std = sqrt(member variance + noise**2)``: the members' unbiased variance plus the noise
+    term :func:`calibrate_noise` measured on validation families for this support size
+    (:meth:`Ensemble.noise_for`). In the units the ensemble
     was trained in (apply the target transform's inverse to the mean and the interval ends).
 
     Example:
@@ -267,7 +312,8 @@ def ensemble_predict(ens: Ensemble, support: Samples | None, query_inputs: Any, 
     else:
         params = adapt_ensemble(ens.model, ens.meta_params, support, ens.settings, steps=steps)
     mean, var = _moments(predict_members(ens.model, params, query_inputs))
-    return mean, torch.sqrt(var + ens.noise_std ** 2)
+    noise = ens.noise_for(None if support is None else int(support.y.shape[0]))
+    return mean, torch.sqrt(var + noise ** 2)
 
 
 # ------------------------------------------------------------------ calibration
@@ -276,6 +322,34 @@ def _z(level: float) -> float:
         raise InputError(f"interval level {level}: expected a fraction strictly between 0 and 1")
     return math.sqrt(2.0) * float(torch.special.erfinv(torch.tensor(float(level),
                                                                     dtype=torch.float64)))
+
+
+# support sizes the noise term is calibrated for at the end of meta-training (besides the
+# training k), as far as the validation families have rows for them
+CALIBRATION_KS = (1, 2, 3, 5, 10, 20)
+
+
+def calibrate_noise_by_k(ens: Ensemble, val_families: Sequence[Family],
+                         ks: Sequence[int] = CALIBRATION_KS, tasks: int = 32, seed: int = 0,
+                         *, level: float = 0.9) -> dict[int, float]:
+    """:func:`calibrate_noise` for each support size in ``ks`` that some validation family can
+    serve (k rows and at least one more to predict), each on its own draw of ``tasks`` tasks
+    with the same ``seed``: {k: noise std}.
+
+    Example:
+        >>> ens.noise_std_by_k = calibrate_noise_by_k(ens, val_fams, (1, 3, 5, 10))
+        >>> ens.noise_for(4)                                    # between k = 3 and 5
+
+    Raises:
+        InputError: no size in ``ks`` that a validation family can serve.
+    """
+    largest = max((len(f) for f in val_families), default=0)
+    usable = sorted({int(k) for k in ks if 1 <= int(k) < largest})
+    if not usable:
+        raise InputError(f"calibrate_noise_by_k: no support size in {list(ks)} leaves a row to "
+                         f"predict in a validation family (largest has {largest} rows)")
+    return {k: calibrate_noise(ens, val_families, k, tasks=tasks, seed=seed, level=level)
+            for k in usable}
 
 
 def calibrate_noise(ens: Ensemble, val_families: Sequence[Family], k_shot: int,
@@ -506,7 +580,10 @@ def meta_train_ensemble(model: FunctionalModel, train_families: Sequence[Family]
             graphs).
         member_batching: ``"vmap"`` (members vmapped), ``"loop"`` (one member after another per
             meta-step) or ``"auto"`` (vmap unless graph families with their own episodes).
-        calibrate: calibrate ``noise_std`` on ``val_families`` at the end (M >= 2).
+        calibrate: calibrate the noise term on ``val_families`` at the end (M >= 2): for the
+            training ``k_shot`` (``noise_std``) and for the support sizes of
+            ``CALIBRATION_KS`` that half the families (and two) can serve
+            (``noise_std_by_k``).
 
     Returns:
         An :class:`Ensemble`.
@@ -585,7 +662,7 @@ def meta_train_ensemble(model: FunctionalModel, train_families: Sequence[Family]
         for sampler, state in zip(samplers, ckpt["sampler_states"], strict=True):
             sampler.restore(state)
         start, history = int(ckpt["step"]), list(ckpt["history"])
-    noise_std = 0.0
+    noise_std, noise_by_k = 0.0, {}
 
     def save(step: int) -> None:
         if out_path is None or rank != 0:
@@ -598,7 +675,8 @@ def meta_train_ensemble(model: FunctionalModel, train_families: Sequence[Family]
             "optimizer": {k: v.cpu() for k, v in opt_state.items()},
             "sampler_states": [s.state() for s in samplers], "step": step, "history": history,
             "meta_settings": settings.to_dict(), "train_settings": train.to_dict(),
-            "inner": inner_record(settings, cpu), "noise_std": noise_std, "extra": extra,
+            "inner": inner_record(settings, cpu), "noise_std": noise_std,
+            "noise_std_by_k": noise_by_k, "extra": extra,
         }
         save_checkpoint(out_path, payload, kind=KIND)
 
@@ -658,9 +736,17 @@ def meta_train_ensemble(model: FunctionalModel, train_families: Sequence[Family]
     bar.close()
     ens = Ensemble(model, dict(current), settings, train, 0.0, history, extra)
     if calibrate and val_families and members >= 2:
-        noise_std = calibrate_noise(ens, val_families, train.k_shot, tasks=train.val_tasks,
-                                    seed=train.seed + 2)
-        ens.noise_std = noise_std
+        # the training size (an error if no validation family can serve it), then the other
+        # sizes that at least half the validation families (and two) can serve: one family
+        # alone gives a noise term as odd as that family (each on the same seed's draw)
+        k = int(train.k_shot)
+        enough = max(2, (len(val_families) + 1) // 2)
+        ks = {k, *(j for j in CALIBRATION_KS
+                   if sum(len(f) > j for f in val_families) >= enough)}
+        noise_by_k = {j: calibrate_noise(ens, val_families, j, tasks=train.val_tasks,
+                                         seed=train.seed + 2) for j in sorted(ks)}
+        noise_std = noise_by_k[k]
+        ens.noise_std, ens.noise_std_by_k = noise_std, noise_by_k
         save(int(history[-1]["step"]))
     return ens
 
@@ -695,7 +781,8 @@ def save_ensemble(ens: Ensemble, path: str | os.PathLike) -> Path:
         "members": ens.members, "params": model_params(cpu), "meta_params": cpu, "step": step,
         "history": ens.history, "meta_settings": ens.settings.to_dict(),
         "train_settings": ens.train.to_dict(), "inner": inner_record(ens.settings, cpu),
-        "noise_std": float(ens.noise_std), "extra": ens.extra,
+        "noise_std": float(ens.noise_std), "noise_std_by_k": dict(ens.noise_std_by_k),
+        "extra": ens.extra,
     }
     return save_checkpoint(path, payload, kind=KIND)
 
@@ -716,6 +803,7 @@ def load_ensemble(path: str | os.PathLike, map_location: str | torch.device = "c
         return Ensemble(model, dict(ckpt["meta_params"]),
                         MetaSettings.from_dict(ckpt["meta_settings"]),
                         MetaTrainSettings.from_dict(ckpt["train_settings"]),
-                        float(ckpt["noise_std"]), list(ckpt["history"]), dict(ckpt["extra"]))
+                        float(ckpt["noise_std"]), list(ckpt["history"]), dict(ckpt["extra"]),
+                        dict(ckpt.get("noise_std_by_k") or {}))
     except KeyError as exc:
         raise CheckpointError(f"{path}: ensemble checkpoint lacks {exc}") from exc

@@ -73,7 +73,8 @@ class AdaptedModel:
         settings: the meta-learner's inner-loop settings used to adapt.
         spec: how tables are read for this model (target, composition/process/structure columns).
         target_transform: maps targets to the model's space and back (None: identity).
-        noise_std: an ensemble's calibrated extra noise, in the model's space.
+        noise_std: an ensemble's calibrated extra noise for this support size, in the model's
+            space (``extra["noise_std_by_k"]``: the ensemble's calibration by support size).
         support: the support table as read (validated), with an ``id`` column.
         fit: per support row: measured, fitted, leave-one-out and zero-shot predictions.
         baselines: leave-one-out MAE of the adaptation and of the baselines (target units).
@@ -398,6 +399,7 @@ def _load_source(model: Any, map_location: str | torch.device) -> dict[str, Any]
             "ensemble": ensemble, "noise_std": float(getattr(model, "noise_std", 0.0) or 0.0),
             "calibration_k": (int(model.train.k_shot) if ensemble and hasattr(model, "train")
                               else None),
+            "noise_by_k": dict(getattr(model, "noise_std_by_k", None) or {}) if ensemble else {},
             "extra": dict(model.extra or {}), "source": source or type(model).__name__}
 
 
@@ -475,14 +477,25 @@ def adapt(model: Any, support: Any, *, steps: int | None = None,
                                         or df.attrs.get("source") or "<DataFrame>")
     inputs, y = shell.encode(df, with_target=True)
     samples = Samples(inputs, y, None)
+    from matmeta.meta._ensemble import noise_for_k
+
+    noise_by_k = src["noise_by_k"]
+    # the ensemble's noise term for this many support rows (calibrated per support size)
+    noise = noise_for_k(noise_by_k, len(df), src["noise_std"])
     if src["members"] > 1:
         # the ensemble's noise term is what makes its intervals honest (benchmarks/ensemble.md):
-        # say when it is missing or was calibrated for another support size
-        if src["noise_std"] == 0.0:
+        # say when it is missing or was calibrated for other support sizes
+        if not noise_by_k and src["noise_std"] == 0.0:
             warnings.warn(f"{src['source']}: the ensemble's noise term was not calibrated (no "
                           "validation families): its 90% intervals are the members' spread "
                           "only and too narrow", UserWarning, stacklevel=2)
-        elif src["calibration_k"] is not None and src["calibration_k"] != len(df):
+        elif noise_by_k and len(df) > max(noise_by_k):
+            warnings.warn(f"{src['source']}: 90% intervals calibrated for up to "
+                          f"{max(noise_by_k)} support rows; this support has {len(df)}, and "
+                          f"takes the noise term of {max(noise_by_k)} (wider than needed)",
+                          UserWarning, stacklevel=2)
+        elif not noise_by_k and src["calibration_k"] is not None \
+                and src["calibration_k"] != len(df):
             warnings.warn(f"{src['source']}: 90% intervals calibrated for "
                           f"{src['calibration_k']} support rows; this support has {len(df)}",
                           UserWarning, stacklevel=2)
@@ -498,7 +511,9 @@ def adapt(model: Any, support: Any, *, steps: int | None = None,
 
     adapted = {k: v.detach() for k, v in adapt_on(samples).items()}
     result = dataclasses.replace(shell, params=adapted, support=df.reset_index(drop=True),
-                                 support_samples=samples)
+                                 support_samples=samples, noise_std=noise)
+    if noise_by_k:
+        result.extra["noise_std_by_k"] = {int(k): float(v) for k, v in noise_by_k.items()}
     if eval_raw is not None:
         result.evaluation = _read_evaluation(evaluation)
         if shrinkage is None:
@@ -543,6 +558,10 @@ def _score_support(res: AdaptedModel, samples: Samples, adapt_on, loo: bool,
                                            res.settings).loo()
         loo_pred, loo_std = loo_pred.detach(), loo_std.detach()
     elif loo and 2 <= k <= LOO_MAX_ROWS:
+        from matmeta.meta._ensemble import noise_for_k
+
+        # each leave-one-out adaptation has k - 1 rows: the noise term for that many
+        noise_loo = noise_for_k(res.extra.get("noise_std_by_k") or {}, k - 1, res.noise_std)
         preds, stds = [], []
         for i in range(k):
             w = torch.ones(k, dtype=y_model.dtype, device=y_model.device)
@@ -554,7 +573,7 @@ def _score_support(res: AdaptedModel, samples: Samples, adapt_on, loo: bool,
                 out = res._forward(params, one)
             preds.append((out.mean(0) if res.is_ensemble else out).reshape(-1)[0])
             if res.is_ensemble:
-                stds.append((out.var(0, correction=1) + res.noise_std ** 2).sqrt().reshape(-1)[0])
+                stds.append((out.var(0, correction=1) + noise_loo ** 2).sqrt().reshape(-1)[0])
         loo_pred = torch.stack(preds)
         loo_std = torch.stack(stds) if stds else None
     if loo_pred is not None:

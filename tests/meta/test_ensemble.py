@@ -3,6 +3,7 @@ vmapped adaptation equals per-member adaptation, calibrated intervals cover what
 resume after a real kill is bit-identical, and bad input is one line."""
 
 import dataclasses
+import math
 import os
 import signal
 import subprocess
@@ -32,6 +33,7 @@ from matmeta.meta._ensemble import (
     ensemble_predict,
     load_ensemble,
     meta_train_ensemble,
+    noise_for_k,
     predict_members,
     save_ensemble,
     stack_params,
@@ -298,6 +300,58 @@ def test_trained_ensemble_calibrated_on_validation_families_covers_held_out_ones
     assert ens.history[-1]["val_loss_ensemble"] <= ens.history[-1]["val_loss"] + 1e-12
 
 
+def test_noise_for_k_interpolates_in_log_k_and_clamps():
+    table = {1: 0.8, 3: 0.5, 10: 0.3}
+    assert noise_for_k(table, 3, 9.0) == 0.5 and noise_for_k(table, 1, 9.0) == 0.8
+    w = math.log(5 / 3) / math.log(10 / 3)  # 5 rows: between 3 and 10, linear in ln k
+    assert noise_for_k(table, 5, 9.0) == pytest.approx((1 - w) * 0.5 + w * 0.3, rel=1e-12)
+    assert noise_for_k(table, 40, 9.0) == 0.3  # beyond the largest: its (wider) value
+    assert noise_for_k({}, 5, 0.25) == 0.25 and noise_for_k(table, None, 0.25) == 0.25
+
+
+def test_noise_is_calibrated_per_support_size_and_covers_at_each():
+    """An ensemble meta-trained at k = 5 also calibrates its noise term for other support sizes
+    (each value what calibrate_noise gives for that k), and adapting held-out families, the
+    held-out 90% coverage is then nearer 90% at 1, 2 and 10 rows than with the k = 5 term
+    (which under-covers from fewer rows and over-covers from more)."""
+    sigma = 0.25
+    gen = torch.Generator().manual_seed(2)
+    # 24 validation and 24 held-out families: coverage at 1-2 rows varies a lot by family
+    fams = _line_families(72, 40, sigma, gen)
+    train_f, val_f, test_f = fams[:24], fams[24:48], fams[48:]
+    model = MLP(1, (8,), dtype="float64")
+    train = MetaTrainSettings(steps=40, meta_batch=4, k_shot=5, q_query=10, outer_lr=0.01,
+                              val_every=40, val_tasks=96)
+    ens = meta_train_ensemble(model, train_f, val_f, members=4,
+                              settings=MetaSettings("maml", inner_steps=3, inner_lr=0.1),
+                              train=train, progress=False)
+    assert sorted(ens.noise_std_by_k) == [1, 2, 3, 5, 10, 20]
+    assert ens.noise_std_by_k[5] == ens.noise_std
+    for k in (2, 10):
+        direct = calibrate_noise(ens, val_f, k, tasks=train.val_tasks, seed=train.seed + 2)
+        assert ens.noise_std_by_k[k] == pytest.approx(direct, rel=1e-12)
+    assert ens.noise_std_by_k[1] > ens.noise_std_by_k[5]  # fewer rows: a worse adaptation
+
+    def coverage(k, noise):
+        """Held-out 90% coverage adapting from k rows, with the given noise term."""
+        inside, total = 0.0, 0
+        draw = torch.Generator().manual_seed(9)
+        for fam in test_f:
+            for _ in range(4):
+                perm = torch.randperm(len(fam), generator=draw)
+                sup, qry = fam.samples(perm[:k]), fam.samples(perm[k:])
+                mean, std = ensemble_predict(ens, sup, qry.inputs)  # noise for k built in
+                std = (std**2 - ens.noise_for(k) ** 2 + noise**2).sqrt()
+                inside += float(interval_coverage(mean, std, qry.y, 0.9)) * len(qry.y)
+                total += len(qry.y)
+        return inside / total
+
+    for k in (1, 2, 10):
+        per_k, at_train_k = coverage(k, ens.noise_for(k)), coverage(k, ens.noise_std)
+        assert abs(per_k - 0.9) < 0.04, (k, per_k)
+        assert abs(per_k - 0.9) < abs(at_train_k - 0.9), (k, per_k, at_train_k)
+
+
 def test_checkpoint_round_trip_and_kind(tmp_path):
     model = MLP(2, (4,), dtype="float64")
     fams = _families()
@@ -311,6 +365,7 @@ def test_checkpoint_round_trip_and_kind(tmp_path):
     assert raw["matmeta_kind"] == "ensemble" and raw["members"] == 3 and raw["step"] == 2
     back = load_ensemble(out)
     assert back.members == 3 and back.noise_std == ens.noise_std > 0
+    assert back.noise_std_by_k == ens.noise_std_by_k and 3 in back.noise_std_by_k
     assert_tree_close(back.meta_params, ens.meta_params, rtol=0, atol=0)
     assert back.settings == ens.settings and back.history == ens.history
     assert back.extra == {"target_transform": None}

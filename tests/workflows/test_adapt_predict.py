@@ -228,13 +228,32 @@ def test_leave_one_out_equals_adapting_without_the_row(meta_pt, support_csv):
         np.abs(offset - y).mean())
 
 
-def test_ensemble_adaptation_matches_the_ensemble_engine(ensemble_pt, support_csv):
-    from matmeta.meta._ensemble import adapt_ensemble, ensemble_predict, load_ensemble
+@pytest.mark.parametrize("by_k", [None, {1: 0.9, 3: 0.6, 5: 0.4, 10: 0.3}])
+def test_ensemble_adaptation_matches_the_ensemble_engine(ensemble_pt, support_csv, by_k,
+                                                         tmp_path):
+    """adapt/predict equal the ensemble engine, intervals included: with a noise term
+    calibrated per support size (by_k), the 5-row adaptation takes the noise for 5 rows and
+    each leave-one-out adaptation the noise for 4."""
+    from matmeta.meta._ensemble import (
+        adapt_ensemble,
+        ensemble_predict,
+        load_ensemble,
+        save_ensemble,
+    )
 
     ens = load_ensemble(ensemble_pt)
+    if by_k is not None:
+        ens.noise_std, ens.noise_std_by_k = by_k[5], by_k
+        ensemble_pt = save_ensemble(ens, tmp_path / "calibrated.pt")
+        ens = load_ensemble(ensemble_pt)
+    with warnings.catch_warnings(record=True) as seen:
+        warnings.simplefilter("always")
+        adapted = adapt(ensemble_pt, support_csv)
+    if by_k is not None:
+        assert adapted.noise_std == by_k[5]
+        assert not [w for w in seen if "calibrated" in str(w.message)]
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", UnknownElementWarning)
-        adapted = adapt(ensemble_pt, support_csv)
         samples, tt = _support_samples(ens.extra, ens.model, support_csv)
         table = pd.DataFrame({"formula": ["Co0.3Ni0.3Ti0.4", "Al0.5Fe0.5", "CoCrFe"],
                               "T_C": [25.0, 800.0, 400.0]})
