@@ -26,7 +26,7 @@
 Run:
     OMP_NUM_THREADS=1 python benchmarks/bench_ensemble.py --part speed --rounds 3
     OMP_NUM_THREADS=1 python benchmarks/bench_ensemble.py --part speed --memory
-    OMP_NUM_THREADS=1 python benchmarks/bench_ensemble.py --part calibration   # ~8 min
+    OMP_NUM_THREADS=1 python benchmarks/bench_ensemble.py --part calibration   # 4-8 min
     OMP_NUM_THREADS=1 python benchmarks/bench_ensemble.py --part calibration --algorithm maml \
         --steps 400 --inner-lr 0.03
 """
@@ -309,6 +309,8 @@ def calibration(args) -> None:
                 args.pretrain_steps, args.seed * 100 + f,
                 (x_val, torch.tensor(val_df[bc.TARGET].to_numpy())), tt)
         eps_rng = np.random.default_rng(args.seed * 1000 + f)
+        # (its own stream, so that --eval-shots leaves the main figures' supports as they were)
+        k_rng = np.random.default_rng(args.seed * 1000 + f + 500)
         val_eps = {s: bc.system_episodes(df[df["family"] == s].reset_index(drop=True), model,
                                          tt, max_elements, args.shots, args.draws, eps_rng)
                    for s in val_systems}
@@ -356,7 +358,7 @@ def calibration(args) -> None:
                 if k >= len(sys_df):
                     continue
                 ep_k = bc.system_episodes(sys_df, model, tt, max_elements, k, args.draws,
-                                          eps_rng)
+                                          k_rng)
                 x_k = pack_composition_inputs(ep_k["x"])
                 for d in range(args.draws):
                     sup, qry = ep_k["support"][d], ep_k["query"][d]

@@ -96,9 +96,9 @@ def _lines(df: Any):
     blank rows counted); record number in JSON."""
     import numpy as np
 
-    if "lines" in df.attrs:
-        return np.asarray(df.attrs["lines"])
-    return np.arange(len(df)) + int(df.attrs.get("first_row", 2))
+    if df.attrs.get("row_numbers_in_index"):
+        return np.asarray(df.index)
+    return np.arange(len(df)) + 2
 
 
 def _show(value: Any) -> str:
@@ -127,11 +127,15 @@ def _read_table(path: str) -> Any:
     if len(df) == 0:
         raise InputError(f"{path}: the table has no rows (influence needs at least one sample)")
     df.attrs["source"] = str(path)
-    df.attrs["first_row"] = 1 if name.endswith(".json") else 2
-    if not name.endswith(".json"):
+    # the index holds each row's number for messages (not attrs: pandas copies attrs on every
+    # column access): CSV rows as a spreadsheet numbers them, JSON records from 1
+    if name.endswith(".json"):
+        df.index = pd.RangeIndex(1, len(df) + 1)
+    else:
         from matmeta.io._csv import csv_row_numbers
 
-        df.attrs["lines"] = csv_row_numbers(p, len(df)).tolist()
+        df.index = pd.Index(csv_row_numbers(p, len(df)))
+    df.attrs["row_numbers_in_index"] = True
     return df
 
 
@@ -176,7 +180,8 @@ def _samples(df: Any, path: str, kind: str, ckpt: dict, args: argparse.Namespace
             scol = next((c for c in ("structure", "cif", "atoms") if c in df.columns), scol)
         _need(df, [scol], path, kind)
         feat = FeaturizerSettings.from_dict(ckpt.get("extra", {}).get("featurizer") or {})
-        table = read_structure_table(df, structure_column=scol)
+        # (indexed by row number, so that its messages name the file's rows)
+        table = read_structure_table(df.set_axis(_lines(df)), structure_column=scol)
         graphs = [structure_to_graph(s, settings=feat) for s in table["structure"]]
         inputs = collate(graphs, feat, dtype=torch.float64)
         tcol = target

@@ -343,8 +343,9 @@ def read_kinetics_table(
             the curve has none). Both are reported in ``notes``.
         require_temperature: refuse a table without ``temperature_K`` (Arrhenius fits).
         source: name used in messages for a DataFrame.
-        rows: the line number (or record number) of each row of a DataFrame for messages;
-            default: header = line 1, first row = line 2.
+        rows: the row number (or record number) of each row of a DataFrame for messages;
+            default: for a file, the rows as a spreadsheet numbers them (header = row 1,
+            blank lines counted); for a DataFrame, header = 1, first row = 2.
         time_column: the time column by name, for a table with several time-like columns or
             one whose name does not look like a time (its unit from the name, else
             ``time_unit``); default: the one column named like ``time_s``/``time_min``/...
@@ -376,7 +377,7 @@ def read_kinetics_table(
         raise InputError(f"--std-floor {std_floor}: expected a positive number")
     if rows is None:
         lines = (np.arange(len(df)) + 2 if isinstance(path_or_frame, pd.DataFrame)
-                 else csv_row_numbers(path_or_frame, len(df)))
+                 else csv_row_numbers(path_or_frame, len(df), skipinitialspace=True))
     else:
         lines = np.asarray(rows, dtype=np.int64).reshape(-1)
         if len(lines) != len(df):

@@ -139,6 +139,10 @@ class MetaSettings:
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> MetaSettings:
+        d = dict(d)
+        if d.get("algorithm") in HEAD_ALGORITHMS and d.get("batching") == "vmap":
+            # written before 'vmap' was refused for the head algorithms, which looped anyway
+            d["batching"] = "loop"
         return settings_from_dict(cls, d, "meta-learning settings")
 
     def resolve(self, model: FunctionalModel) -> MetaSettings:

@@ -27,6 +27,7 @@ import pandas as pd
 import torch
 
 from matmeta.errors import InputError, where
+from matmeta.io._csv import csv_row_numbers
 from matmeta.meta._tasks import Family, anion_set, element_system, most_electronegative_element
 
 __all__ = ["families_from_table", "family_keys", "transform_families", "GROUPINGS",
@@ -78,11 +79,13 @@ def family_keys(df: pd.DataFrame, by: str, formula_column: str = "formula",
 
 
 def _row_numbers(df: pd.DataFrame, source: str) -> list:
-    """The row number of each row as messages report it: the file line (header = line 1).
+    """The row number of each row as messages report it: the file's row (header = row 1).
 
-    pandas numbers the rows of a CSV file it read 0, 1, ... (a default RangeIndex), so the line
-    is index + 2; any other index (the ``row`` line numbers the io readers attach, set as the
-    index, or a user's own labels) is reported as is, and so is a table built in memory.
+    A table read by :func:`load_families` carries its rows as a spreadsheet numbers them
+    (blank lines counted) as its index, reported as is, like any other index (the ``row``
+    numbers the io readers attach, or a user's own labels); a CSV read by plain pandas (a
+    default RangeIndex 0, 1, ...) is numbered index + 2, and a table built in memory by its
+    index.
     """
     index = df.index
     from_csv = str(source).lower().removesuffix(".gz").endswith((".csv", ".tsv", ".txt"))
@@ -448,6 +451,9 @@ def _read_plain_table(path: Path) -> pd.DataFrame:
     except Exception as exc:  # noqa: BLE001 - pandas raises many types on bad files
         raise InputError(f"{path}: cannot read the table ({' '.join(str(exc).split())[:120]})"
                          ) from exc
+    if not name.endswith(".json"):
+        # rows as a spreadsheet numbers them (blank lines, which pandas skips, counted)
+        df.index = pd.Index(csv_row_numbers(path, len(df)))
     df.attrs["source"] = str(path)
     return df
 
@@ -555,7 +561,10 @@ def read_rows(source: str | os.PathLike | pd.DataFrame, spec: dict[str, Any], *,
                   what)
     if len(df) == 0:
         raise InputError(f"{what} {name}: no rows")
-    rows = _row_numbers(df.reset_index(drop=True), name)
+    # a file's rows keep their numbers (the index _read_plain_table set); a DataFrame's rows are
+    # numbered by position
+    rows = _row_numbers(df.reset_index(drop=True) if isinstance(label, pd.DataFrame) else df,
+                        name)
     df.insert(0, "id", [str(r) for r in rows] if "id" not in df.columns
               else df.pop("id").astype(str))
     if "row" not in df.columns:

@@ -257,9 +257,10 @@ def _moments(preds: Tensor) -> tuple[Tensor, Tensor]:
 
 def noise_for_k(table: dict[int, float], k: int | None, default: float) -> float:
     """The noise std for ``k`` support rows from a calibration table {k: std}: exact at a
-    calibrated k, linear in ln k between two, the nearest end outside them (beyond the largest
-    k the noise of fewer rows: wider intervals, not narrower). ``default`` where the table is
-    empty or ``k`` is None.
+    calibrated k, linear in ln k between two, the nearest end outside them: beyond the largest
+    k the noise of fewer rows (wider intervals than needed), below the smallest the noise of
+    more rows (narrower than they should be; :func:`matmeta.adapt` warns). ``default`` where
+    the table is empty or ``k`` is None.
 
     Example:
         >>> noise_for_k({1: 0.6, 5: 0.4}, 3, 0.4)      # 0.6 - 0.2 * ln 3 / ln 5
@@ -268,7 +269,7 @@ def noise_for_k(table: dict[int, float], k: int | None, default: float) -> float
     if not table or k is None:
         return float(default)
     ks = sorted(table)
-    k = int(k)
+    k = max(int(k), 1)
     if k <= ks[0]:
         return float(table[ks[0]])
     if k >= ks[-1]:
@@ -312,7 +313,10 @@ def ensemble_predict(ens: Ensemble, support: Samples | None, query_inputs: Any, 
     else:
         params = adapt_ensemble(ens.model, ens.meta_params, support, ens.settings, steps=steps)
     mean, var = _moments(predict_members(ens.model, params, query_inputs))
-    noise = ens.noise_for(None if support is None else int(support.y.shape[0]))
+    # the support's size: its rows with weight (a weight-0 row is no measurement)
+    k = None if support is None else int(
+        support.y.shape[0] if support.weight is None else (support.weight > 0).sum())
+    noise = ens.noise_for(k)
     return mean, torch.sqrt(var + noise ** 2)
 
 
@@ -329,27 +333,27 @@ def _z(level: float) -> float:
 CALIBRATION_KS = (1, 2, 3, 5, 10, 20)
 
 
-def calibrate_noise_by_k(ens: Ensemble, val_families: Sequence[Family],
+def calibrate_noise_by_k(ens: Ensemble, val_families: Sequence[Family], k_train: int,
                          ks: Sequence[int] = CALIBRATION_KS, tasks: int = 32, seed: int = 0,
                          *, level: float = 0.9) -> dict[int, float]:
-    """:func:`calibrate_noise` for each support size in ``ks`` that some validation family can
-    serve (k rows and at least one more to predict), each on its own draw of ``tasks`` tasks
-    with the same ``seed``: {k: noise std}.
+    """:func:`calibrate_noise` for the training support size ``k_train`` and for each size in
+    ``ks`` that at least half the validation families, and two, can serve (k rows and one more
+    to predict): one family alone gives a noise term as odd as that family. Each on its own
+    draw of ``tasks`` tasks with the same ``seed``: {k: noise std}, what
+    :attr:`Ensemble.noise_std_by_k` holds.
 
     Example:
-        >>> ens.noise_std_by_k = calibrate_noise_by_k(ens, val_fams, (1, 3, 5, 10))
+        >>> ens.noise_std_by_k = calibrate_noise_by_k(ens, val_fams, k_train=5)
         >>> ens.noise_for(4)                                    # between k = 3 and 5
 
     Raises:
-        InputError: no size in ``ks`` that a validation family can serve.
+        InputError: no validation family can serve ``k_train`` (see :func:`calibrate_noise`).
     """
-    largest = max((len(f) for f in val_families), default=0)
-    usable = sorted({int(k) for k in ks if 1 <= int(k) < largest})
-    if not usable:
-        raise InputError(f"calibrate_noise_by_k: no support size in {list(ks)} leaves a row to "
-                         f"predict in a validation family (largest has {largest} rows)")
-    return {k: calibrate_noise(ens, val_families, k, tasks=tasks, seed=seed, level=level)
-            for k in usable}
+    enough = max(2, (len(val_families) + 1) // 2)
+    sizes = {int(k_train), *(int(j) for j in ks
+                             if j >= 1 and sum(len(f) > j for f in val_families) >= enough)}
+    return {j: calibrate_noise(ens, val_families, j, tasks=tasks, seed=seed, level=level)
+            for j in sorted(sizes)}
 
 
 def calibrate_noise(ens: Ensemble, val_families: Sequence[Family], k_shot: int,
@@ -736,16 +740,11 @@ def meta_train_ensemble(model: FunctionalModel, train_families: Sequence[Family]
     bar.close()
     ens = Ensemble(model, dict(current), settings, train, 0.0, history, extra)
     if calibrate and val_families and members >= 2:
-        # the training size (an error if no validation family can serve it), then the other
-        # sizes that at least half the validation families (and two) can serve: one family
-        # alone gives a noise term as odd as that family (each on the same seed's draw)
-        k = int(train.k_shot)
-        enough = max(2, (len(val_families) + 1) // 2)
-        ks = {k, *(j for j in CALIBRATION_KS
-                   if sum(len(f) > j for f in val_families) >= enough)}
-        noise_by_k = {j: calibrate_noise(ens, val_families, j, tasks=train.val_tasks,
-                                         seed=train.seed + 2) for j in sorted(ks)}
-        noise_std = noise_by_k[k]
+        # the training size (an error if no validation family can serve it) and the other sizes
+        # enough validation families can serve
+        noise_by_k = calibrate_noise_by_k(ens, val_families, train.k_shot,
+                                          tasks=train.val_tasks, seed=train.seed + 2)
+        noise_std = noise_by_k[int(train.k_shot)]
         ens.noise_std, ens.noise_std_by_k = noise_std, noise_by_k
         save(int(history[-1]["step"]))
     return ens

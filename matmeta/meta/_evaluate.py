@@ -998,6 +998,9 @@ def evaluate(model: FunctionalModel, families: Sequence[Family], *,
         chosen_prev: dict[str, Any] = {}
         for k in shots:
             if ctx.ensemble is not None:
+                # calibrated at exactly this k on the validation families that can serve it
+                # (what the table of meta_train_ensemble, for sizes that half the families
+                # serve, approximates by interpolation for `adapt`)
                 from matmeta.meta._ensemble import calibrate_noise
 
                 usable = [f for f in val_f if len(f) > k]

@@ -687,9 +687,15 @@ def read_pool_table(sm: SuggestModel, table: Any, *, target: str | None = None,
                              f"row of {what}")
         # from a file, so messages name the file and its line numbers
         df = read_alloy_table(table, col, target, process_columns=kinds)
-        # keep the user's own columns (ids, notes) for the output
-        at = (df["row"].to_numpy(dtype=int) - 2 if not isinstance(table, pd.DataFrame)
-              else np.arange(len(raw)))
+        # keep the user's own columns (ids, notes) for the output: a file's rows are found by
+        # their numbers (blank lines, which pandas skips, count), a DataFrame's by position
+        if isinstance(table, pd.DataFrame):
+            at = np.arange(len(raw))
+        else:
+            from matmeta.io._csv import csv_row_numbers
+
+            position = {int(r): i for i, r in enumerate(csv_row_numbers(table, len(raw)))}
+            at = np.array([position[int(r)] for r in df["row"]], dtype=int)
         for c in raw.columns:
             if c not in df.columns and c != col:
                 df[c] = raw[c].to_numpy()[at]
@@ -699,7 +705,8 @@ def read_pool_table(sm: SuggestModel, table: Any, *, target: str | None = None,
         y = np.asarray(df[target], dtype=float)
         if sm.transform is not None and sm.transform.log and (y <= 0).any():
             i = int(np.flatnonzero(y <= 0)[0])
-            raise InputError(f"{source}, row {i + 2}, column {target!r}: {y[i]:g}; the model "
+            row = df["row"].iloc[i] if "row" in df.columns else df.index[i]
+            raise InputError(f"{source}, row {row}, column {target!r}: {y[i]:g}; the model "
                              "learned this target in log space, expected a positive value")
     df.attrs["source"] = str(source)
     return df

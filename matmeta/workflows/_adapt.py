@@ -489,6 +489,10 @@ def adapt(model: Any, support: Any, *, steps: int | None = None,
             warnings.warn(f"{src['source']}: the ensemble's noise term was not calibrated (no "
                           "validation families): its 90% intervals are the members' spread "
                           "only and too narrow", UserWarning, stacklevel=2)
+        elif noise_by_k and len(df) < min(noise_by_k):
+            warnings.warn(f"{src['source']}: 90% intervals calibrated for {min(noise_by_k)} or "
+                          f"more support rows; this support has {len(df)}, and takes the noise "
+                          f"term of {min(noise_by_k)} (too narrow)", UserWarning, stacklevel=2)
         elif noise_by_k and len(df) > max(noise_by_k):
             warnings.warn(f"{src['source']}: 90% intervals calibrated for up to "
                           f"{max(noise_by_k)} support rows; this support has {len(df)}, and "

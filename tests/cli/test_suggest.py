@@ -104,6 +104,26 @@ def test_ranked_csv_matches_an_independent_head_fit(files, capsys):
     assert "wrote" in capsys.readouterr().out
 
 
+def test_blank_lines_in_the_support_and_candidates_keep_ids_with_their_rows(files, tmp_path):
+    """pandas skips blank lines; the ids (the user's own column) must stay with their rows."""
+    d = files["dir"]
+    plain = d / "next_plain.csv"
+    assert _run("--model", d / "model.pt", "--support", d / "lab.csv", "--candidates",
+                d / "cands.csv", "--out", plain) == 0
+    for name in ("lab.csv", "cands.csv"):
+        lines = (d / name).read_text().splitlines()
+        gapped = [lines[0], "", lines[1], "  ", *lines[2:4], "", *lines[4:]]
+        (tmp_path / name).write_text("\n".join(gapped) + "\n")
+    gapped_out = tmp_path / "next.csv"
+    assert _run("--model", d / "model.pt", "--support", tmp_path / "lab.csv", "--candidates",
+                tmp_path / "cands.csv", "--out", gapped_out) == 0
+    a = pd.read_csv(plain).set_index("id").sort_index()
+    b = pd.read_csv(gapped_out).set_index("id").sort_index()
+    np.testing.assert_allclose(b[f"predicted_{TARGET}"], a[f"predicted_{TARGET}"], rtol=1e-9)
+    assert b["composition"].tolist() == a["composition"].tolist()
+    assert b["T_C"].tolist() == a["T_C"].tolist()
+
+
 @pytest.mark.parametrize("goal", ["max", "min", "700"])
 def test_top_region_follows_the_goal(files, goal):
     d = files["dir"]

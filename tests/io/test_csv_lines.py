@@ -57,6 +57,22 @@ def test_row_lines_follow_the_file(tmp_path, gz):
     assert csv_row_numbers(tmp_path / "missing.csv", 2).tolist() == [2, 3]
 
 
+def test_byte_order_mark_large_cells_and_initial_spaces(tmp_path):
+    """A BOM (Excel's UTF-8 CSV) before a blank first line, a 300 kB cell (a big CIF) and a
+    quoted cell after ', ' (read with skipinitialspace) still give the right rows."""
+    bom = tmp_path / "bom.csv"
+    bom.write_bytes("\ufeff\nname,value\na,1\n\nb,2\n".encode())
+    assert len(pd.read_csv(bom)) == 2
+    assert csv_row_numbers(bom, 2).tolist() == [3, 5]
+    big = tmp_path / "big.csv"
+    big.write_text('name,cif\na,"' + "x" * 300_000 + '"\n\nb,small\n')
+    assert csv_row_numbers(big, len(pd.read_csv(big))).tolist() == [2, 4]
+    spaced = tmp_path / "spaced.csv"
+    spaced.write_text('name, note\na, "two\nlines"\n\nb, plain\n')
+    n = len(pd.read_csv(spaced, skipinitialspace=True))
+    assert csv_row_numbers(spaced, n, skipinitialspace=True).tolist() == [2, 4]
+
+
 def test_alloy_table_names_the_line_after_blank_lines(tmp_path):
     text, rows = numbered(["formula,ys_MPa", ">CoCrNi,400", "", "", ">CoCrNiQ,500"])
     path = tmp_path / "lab.csv"

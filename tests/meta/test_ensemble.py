@@ -30,6 +30,7 @@ from matmeta.meta._ensemble import (
     Ensemble,
     adapt_ensemble,
     calibrate_noise,
+    calibrate_noise_by_k,
     ensemble_predict,
     load_ensemble,
     meta_train_ensemble,
@@ -352,6 +353,49 @@ def test_noise_is_calibrated_per_support_size_and_covers_at_each():
         assert abs(per_k - 0.9) < abs(at_train_k - 0.9), (k, per_k, at_train_k)
 
 
+def test_sizes_calibrated_are_those_enough_validation_families_serve():
+    """A size is calibrated where half the validation families (and two) have a row beyond
+    it; the training size always (each value is calibrate_noise's at that size)."""
+    gen = torch.Generator().manual_seed(4)
+    fams = _line_families(4, 30, 0.2, gen)
+    sizes = [30, 12, 8, 4]
+    val = [Family(f.name, f.inputs[:n], f.y[:n]) for f, n in zip(fams, sizes, strict=True)]
+    model = MLP(1, (4,), dtype="float64")
+    members = [model.init_params(torch.Generator().manual_seed(s)) for s in range(3)]
+    ens = Ensemble(model, stack_params(members), MetaSettings("maml", 2, 0.1),
+                   MetaTrainSettings())
+    table = calibrate_noise_by_k(ens, val, k_train=7, tasks=6, seed=1)
+    # 20 rows: only the 30-row family has more; 10: two of four (30, 12) do
+    assert sorted(table) == [1, 2, 3, 5, 7, 10]
+    assert table[7] == calibrate_noise(ens, val, 7, tasks=6, seed=1)
+    with pytest.raises(InputError, match="no validation family has the 31 rows"):
+        calibrate_noise_by_k(ens, val, k_train=30, tasks=6)
+
+
+def test_ensemble_predict_takes_the_noise_for_the_rows_that_weigh():
+    model = MLP(1, (4,), dtype="float64")
+    members = [model.init_params(torch.Generator().manual_seed(s)) for s in range(3)]
+    ens = Ensemble(model, stack_params(members), MetaSettings("maml", 2, 0.1),
+                   MetaTrainSettings(k_shot=5), noise_std=0.4,
+                   noise_std_by_k={2: 0.7, 5: 0.4})
+    x = torch.linspace(-1, 1, 5, dtype=F64)[:, None]
+    w = torch.tensor([1.0, 0.0, 1.0, 0.0, 0.0], dtype=F64)
+    query = torch.tensor([[0.3]], dtype=F64)
+    _, std_w = ensemble_predict(ens, Samples(x, x[:, 0], w), query)
+    _, var = _moments_of(ens, Samples(x, x[:, 0], w), query)
+    assert float(std_w[0] ** 2 - var[0]) == pytest.approx(0.7**2, rel=1e-9)
+    _, std5 = ensemble_predict(ens, Samples(x, x[:, 0]), query)
+    _, var5 = _moments_of(ens, Samples(x, x[:, 0]), query)
+    assert float(std5[0] ** 2 - var5[0]) == pytest.approx(0.4**2, rel=1e-9)
+
+
+def _moments_of(ens, support, query):
+    """Mean and unbiased variance over the adapted members (no noise term)."""
+    preds = predict_members(ens.model, adapt_ensemble(ens.model, ens.meta_params, support,
+                                                      ens.settings), query)
+    return preds.mean(0), preds.var(0, correction=1)
+
+
 def test_checkpoint_round_trip_and_kind(tmp_path):
     model = MLP(2, (4,), dtype="float64")
     fams = _families()
@@ -409,6 +453,7 @@ def test_resume_in_process_equals_an_uninterrupted_run(tmp_path, monkeypatch):
                                   **kw)
     assert_tree_close(resumed.meta_params, full.meta_params, rtol=0, atol=0)
     assert resumed.history == full.history and resumed.noise_std == full.noise_std
+    assert resumed.noise_std_by_k == full.noise_std_by_k
     with pytest.raises(CheckpointError, match="members = 3, this run asks for members = 2"):
         meta_train_ensemble(model, fams[:4], fams[4:], out=tmp_path / "r.pt", resume=True,
                             **{**kw, "members": 2})
@@ -452,6 +497,7 @@ def test_killed_run_resumes_to_the_same_parameters(tmp_path):
     assert_tree_close(a["meta_params"], b["meta_params"], rtol=0, atol=0)
     assert_tree_close(a["optimizer"], b["optimizer"], rtol=0, atol=0)
     assert a["history"] == b["history"] and a["noise_std"] == b["noise_std"]
+    assert a["noise_std_by_k"] == b["noise_std_by_k"]
 
 
 def _one_line(err):

@@ -8,6 +8,7 @@ constructed cases whose answer is known by hand.
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
 import math
 import warnings
@@ -252,6 +253,16 @@ def test_ensemble_adaptation_matches_the_ensemble_engine(ensemble_pt, support_cs
     if by_k is not None:
         assert adapted.noise_std == by_k[5]
         assert not [w for w in seen if "calibrated" in str(w.message)]
+        # the saved adapted model keeps its noise term and the table
+        adapted.save(tmp_path / "adapted")
+        back = load_adapted(tmp_path / "adapted")
+        assert back.noise_std == by_k[5] and back.extra["noise_std_by_k"] == by_k
+        # fewer rows than the smallest calibrated size: that size's (too small) term, warned
+        fewer = save_ensemble(dataclasses.replace(ens, noise_std_by_k={10: by_k[10]}),
+                              tmp_path / "from10.pt")
+        with pytest.warns(UserWarning, match=r"calibrated for 10 or more support rows; this "
+                                             r"support has 5, .* \(too narrow\)"):
+            assert adapt(fewer, support_csv).noise_std == by_k[10]
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", UnknownElementWarning)
         samples, tt = _support_samples(ens.extra, ens.model, support_csv)
