@@ -587,7 +587,8 @@ def meta_train_ensemble(model: FunctionalModel, train_families: Sequence[Family]
         calibrate: calibrate the noise term on ``val_families`` at the end (M >= 2): for the
             training ``k_shot`` (``noise_std``) and for the support sizes of
             ``CALIBRATION_KS`` that half the families (and two) can serve
-            (``noise_std_by_k``).
+            (``noise_std_by_k``); each size costs one calibration (``train.val_tasks``
+            adaptations of every member), up to 7 in all.
 
     Returns:
         An :class:`Ensemble`.
