@@ -96,9 +96,7 @@ def _lines(df: Any):
     blank rows counted); record number in JSON."""
     import numpy as np
 
-    if df.attrs.get("row_numbers_in_index"):
-        return np.asarray(df.index)
-    return np.arange(len(df)) + 2
+    return np.asarray(df.index)  # set by _read_table
 
 
 def _show(value: Any) -> str:
@@ -135,7 +133,6 @@ def _read_table(path: str) -> Any:
         from matmeta.io._csv import csv_row_numbers
 
         df.index = pd.Index(csv_row_numbers(p, len(df)))
-    df.attrs["row_numbers_in_index"] = True
     return df
 
 
@@ -180,8 +177,8 @@ def _samples(df: Any, path: str, kind: str, ckpt: dict, args: argparse.Namespace
             scol = next((c for c in ("structure", "cif", "atoms") if c in df.columns), scol)
         _need(df, [scol], path, kind)
         feat = FeaturizerSettings.from_dict(ckpt.get("extra", {}).get("featurizer") or {})
-        # (indexed by row number, so that its messages name the file's rows)
-        table = read_structure_table(df.set_axis(_lines(df)), structure_column=scol)
+        # (indexed by row number by _read_table: its messages name the file's rows)
+        table = read_structure_table(df, structure_column=scol)
         graphs = [structure_to_graph(s, settings=feat) for s in table["structure"]]
         inputs = collate(graphs, feat, dtype=torch.float64)
         tcol = target

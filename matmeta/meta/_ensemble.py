@@ -24,6 +24,7 @@ Example:
 
 from __future__ import annotations
 
+import bisect
 import dataclasses
 import math
 import os
@@ -269,15 +270,11 @@ def noise_for_k(table: dict[int, float], k: int | None, default: float) -> float
     if not table or k is None:
         return float(default)
     ks = sorted(table)
-    k = max(int(k), 1)
-    if k <= ks[0]:
-        return float(table[ks[0]])
-    if k >= ks[-1]:
-        return float(table[ks[-1]])
-    hi = next(j for j in ks if j >= k)
-    lo = max(j for j in ks if j <= k)
-    if hi == lo:
-        return float(table[lo])
+    k = min(max(int(k), ks[0]), ks[-1])
+    if k in table:
+        return float(table[k])
+    hi = ks[bisect.bisect(ks, k)]
+    lo = ks[bisect.bisect(ks, k) - 1]
     w = (math.log(k) - math.log(lo)) / (math.log(hi) - math.log(lo))
     return float((1.0 - w) * table[lo] + w * table[hi])
 

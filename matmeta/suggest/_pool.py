@@ -687,18 +687,12 @@ def read_pool_table(sm: SuggestModel, table: Any, *, target: str | None = None,
                              f"row of {what}")
         # from a file, so messages name the file and its line numbers
         df = read_alloy_table(table, col, target, process_columns=kinds)
-        # keep the user's own columns (ids, notes) for the output: a file's rows are found by
-        # their numbers (blank lines, which pandas skips, count), a DataFrame's by position
-        if isinstance(table, pd.DataFrame):
-            at = np.arange(len(raw))
-        else:
-            from matmeta.io._csv import csv_row_numbers
-
-            position = {int(r): i for i, r in enumerate(csv_row_numbers(table, len(raw)))}
-            at = np.array([position[int(r)] for r in df["row"]], dtype=int)
+        # keep the user's own columns (ids, notes) for the output: read_alloy_table keeps every
+        # row, in order (it drops none without drop_missing_target), so they line up by position
+        # (its "row" numbers are the file's, blank lines counted, not positions)
         for c in raw.columns:
             if c not in df.columns and c != col:
-                df[c] = raw[c].to_numpy()[at]
+                df[c] = raw[c].to_numpy()
     if len(df) == 0:
         raise InputError(f"{source}: no usable rows; expected at least one row of {what}")
     if target is not None:
