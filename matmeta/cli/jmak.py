@@ -133,33 +133,32 @@ def _rows_arrhenius(table, groups, res, model) -> list[dict[str, Any]]:
 
     import torch
 
-    from matmeta.models.parametric._jmak import LN_LN2
-    from matmeta.models.parametric._units import R_J_PER_MOL_K
+    def at(temp: float):
+        """(ln k, ln n, ln t_half) at ``temp`` as a function of the transformed parameters."""
+        def fn(th):
+            params, tt = model.unflatten(th), th.new_tensor([temp])
+            ln_n = torch.log(model._n(params, tt)).reshape(-1)[0]  # (shared n: 0-d)
+            return torch.stack([model.ln_k(params, tt)[0], ln_n,
+                                torch.log(model.t_half_s(params, tt))[0]])
+        return fn
 
-    p = model.num_params
     rows = []
     for i, (key, cur) in enumerate(groups):
         theta, cov = res.theta[i], res.cov[i]
         params = model.unflatten(theta)
         ln_k0, q = float(params["ln_k0"]), float(params["Q_kJ_per_mol"])
-        ln_n = float(params["ln_n"])
-        n = math.exp(ln_n)
         se = res.stderr[i]
         fmax = float(torch.sigmoid(params["logit_fmax"])) if model.fit_fmax else 1.0
-        fmax_se = float(fmax * (1 - fmax) * se[3]) if model.fit_fmax else 0.0
-        poor = bool(res.poorly_determined[i]) or bool(se[2] > 0.25)
+        fmax_se = float(fmax * (1 - fmax) * se[-1]) if model.fit_fmax else 0.0
+        i_n = model.flat_names.index("ln_n")
+        poor = bool(res.poorly_determined[i]) or bool(se[i_n] > 0.25)
         for temp, iso in cur.groupby("temperature_K", sort=True):
-            c = 1e3 / (R_J_PER_MOL_K * float(temp))
-            g_lnk = torch.zeros(p, dtype=cov.dtype)
-            g_lnk[0], g_lnk[1] = 1.0, -c
-            g_lnn = torch.zeros(p, dtype=cov.dtype)
-            g_lnn[2] = 1.0
-            ln_k = ln_k0 - q * c
-            var_lnk = float(g_lnk @ cov @ g_lnk)
-            cov_kn = float(g_lnk @ cov @ g_lnn)
-            var_lnn = float(cov[2, 2])
-            g_th = -g_lnk - (LN_LN2 / n) * g_lnn
-            t_half = math.exp(LN_LN2 / n - ln_k)
+            # the delta method through the model's own ln k(T), n(T) and t_half(T)
+            fn = at(float(temp))
+            ln_k, ln_n, ln_th = (float(v) for v in fn(theta))
+            jac = torch.func.jacrev(fn)(theta)
+            var = jac @ cov @ jac.T  # of (ln k, ln n, ln t_half)
+            var_lnk, var_lnn = float(var[0, 0]), float(var[1, 1])
             x = torch.stack([torch.tensor(iso["time_s"].to_numpy(), dtype=torch.float64),
                              torch.full((len(iso),), float(temp), dtype=torch.float64)], -1)
             f = model.forward(params, x).detach().numpy()
@@ -168,16 +167,17 @@ def _rows_arrhenius(table, groups, res, model) -> list[dict[str, Any]]:
             row["temperature_K"] = float(temp)
             row["k_per_s"] = math.exp(ln_k)
             row["k_per_s_se"] = math.exp(ln_k) * math.sqrt(max(var_lnk, 0.0))
-            row["n"], row["n_se"] = n, n * float(se[2])
+            row["n"] = math.exp(ln_n)
+            row["n_se"] = math.exp(ln_n) * math.sqrt(max(var_lnn, 0.0))
             row["t0_s"], row["t0_s_se"] = 0.0, 0.0
             row["f_max"], row["f_max_se"] = fmax, fmax_se
-            row["t_half_s"] = t_half
-            row["t_half_s_se"] = t_half * math.sqrt(max(float(g_th @ cov @ g_th), 0.0))
+            row["t_half_s"] = math.exp(ln_th)
+            row["t_half_s_se"] = math.exp(ln_th) * math.sqrt(max(float(var[2, 2]), 0.0))
             row["rmse"] = w_rmse
             row["n_points"] = len(iso)
             row["converged"] = bool(res.converged[i])
             den = math.sqrt(max(var_lnk, 0.0) * max(var_lnn, 0.0))
-            row["nk_correlation"] = cov_kn / den if den > 0 else float("nan")
+            row["nk_correlation"] = float(var[0, 1]) / den if den > 0 else float("nan")
             row["poorly_determined"] = poor
             row["ln_k0"], row["ln_k0_se"] = ln_k0, float(se[0])
             row["Q_kJ_per_mol"], row["Q_kJ_per_mol_se"] = q, float(se[1])

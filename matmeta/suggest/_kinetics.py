@@ -55,7 +55,6 @@ KINETICS_TARGETS = {
     "n": ("ln_n", "Avrami exponent n (its logarithm)"),
     "Q": ("Q_kJ_per_mol", "activation energy Q_kJ_per_mol"),
 }
-LN_LN2 = math.log(math.log(2.0))
 
 
 def _check_target(model: Any, target: str, temperature_K: float | None) -> None:
@@ -97,23 +96,18 @@ def kinetics_target(model: Any, theta: Tensor, target: str = "t_half",
 
     _check_target(model, target, temperature_K)
     p = model.unflatten(theta)
-    if model.name == "jmak":
-        ln_k, ln_n = p["ln_k"], p["ln_n"]
-    else:
-        temp = theta.new_tensor(float(temperature_K if temperature_K is not None else 1.0))
-        ln_k = model.ln_k(p, temp)
-        ln_n = p["ln_n"] if model.shared_n else torch.log(model._n(p, temp.reshape(1))[0])
-    if target == "k":
-        return ln_k
-    if target == "n":
-        return ln_n.reshape(())
     if target == "Q":
         return p["Q_kJ_per_mol"]
-    ln_t = LN_LN2 / torch.exp(ln_n) - ln_k
-    if model.name == "jmak" and getattr(model, "fit_t0", False):
-        # t_half = t0 + ln(2)^(1/n) / k
-        return torch.logaddexp(p["ln_t0_s"], ln_t)
-    return ln_t.reshape(())
+    if model.name == "jmak":
+        if target == "t_half":
+            return torch.log(model.t_half_s(p)).reshape(())
+        return (p["ln_k"] if target == "k" else p["ln_n"]).reshape(())
+    temp = theta.new_tensor([float(temperature_K if temperature_K is not None else 1.0)])
+    if target == "t_half":
+        return torch.log(model.t_half_s(p, temp))[0]
+    if target == "k":
+        return model.ln_k(p, temp)[0]
+    return p["ln_n"].reshape(()) if model.shared_n else torch.log(model._n(p, temp))[0]
 
 
 def expected_target_variance(model: Any, theta: Tensor, cov: Tensor, candidates: Any,

@@ -161,6 +161,17 @@ def test_explain_graph_model_from_structure_tables(tmp_path, capsys, dcdft_atoms
     assert main([*base, "--query", str(tmp_path / "q_nostruct.csv")]) == 2
     err = capsys.readouterr().err.strip()
     assert "q_nostruct.csv" in err and "'structure'" in err and len(err.splitlines()) == 1
+    # a bad value after a blank line: the message names the row a spreadsheet shows (header 1,
+    # first structure 2, the blank row 3, then 4, 5), though each CIF spans many text lines
+    bad = df.iloc[:8].astype({"log10_K": object})
+    bad.loc[bad.index[2], "log10_K"] = "abc"
+    text = bad.iloc[:1].to_csv(index=False, lineterminator="\n") + "\n" + bad.iloc[1:].to_csv(
+        index=False, header=False, lineterminator="\n")
+    (tmp_path / "sup_blank.csv").write_text(text)
+    assert main([*base[:4], str(tmp_path / "sup_blank.csv"), *base[5:], "--query",
+                 str(tmp_path / "q.csv")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "sup_blank.csv, row 5, column 'log10_K'" in err and len(err.splitlines()) == 1
 
 
 def test_explain_time_min_table_scores_equal_the_time_s_table(tmp_path, capsys):

@@ -181,3 +181,59 @@ def test_group_by_and_unweighted(tmp_path, capsys):
     code, _, err = run(["jmak", "fit", str(src), "--group-by", "nope", "--out",
                         str(tmp_path / "o2.csv")], capsys)
     assert code == 2 and "--group-by column 'nope' not in the table" in err
+
+
+@pytest.mark.parametrize("fit_fmax", [False, True])
+def test_arrhenius_rows_delta_method_matches_finite_differences(fit_fmax):
+    """Each isotherm's k, n and t_half and their standard errors (delta method on the fit's
+    covariance) against central finite differences of the closed forms
+    ln k = ln k0 - Q/(R T), t_half = ln(2)^(1/n) / k."""
+    import torch
+
+    from matmeta.cli.jmak import _rows_arrhenius
+    from matmeta.fitting import fit_curves
+    from matmeta.models.parametric import ArrheniusJMAK
+
+    rng = np.random.default_rng(3)
+    temps = [900.0, 950.0, 1000.0]
+    ln_k0, q, n, r = 20.0, 250.0, 1.6, 8.314462618
+    rows = []
+    for temp in temps:
+        k = math.exp(ln_k0 - q * 1e3 / (r * temp))
+        t = np.geomspace(0.1, 10.0, 9) / k
+        f = 0.8 if fit_fmax else 1.0
+        frac = f * -np.expm1(-(k * t) ** n) + rng.normal(0, 0.01, t.size)
+        rows += [{"time_s": a, "temperature_K": temp, "fraction": b}
+                 for a, b in zip(t, frac, strict=True)]
+    cur = pd.DataFrame(rows)
+    model = ArrheniusJMAK(fit_fmax=fit_fmax)
+    x = np.stack([cur["time_s"].to_numpy(), cur["temperature_K"].to_numpy()], -1)
+    res = fit_curves(model, [x], [cur["fraction"].to_numpy()])
+    out = _rows_arrhenius(None, [({"grade": "A"}, cur)], res, model)
+    assert [o["temperature_K"] for o in out] == temps
+    theta, cov = res.theta[0].double(), res.cov[0].double()
+    names = model.flat_names
+
+    def closed(th, temp):
+        lk = th[names.index("ln_k0")] - th[names.index("Q_kJ_per_mol")] * 1e3 / (r * temp)
+        ln_n = th[names.index("ln_n")]
+        return torch.stack([lk, ln_n, math.log(math.log(2.0)) / torch.exp(ln_n) - lk])
+
+    for o, temp in zip(out, temps, strict=True):
+        val = closed(theta, temp)
+        h = 1e-6
+        jac = torch.stack([(closed(theta + h * e, temp) - closed(theta - h * e, temp)) / (2 * h)
+                           for e in torch.eye(len(theta), dtype=theta.dtype)], -1)
+        var = jac @ cov @ jac.T
+        assert o["k_per_s"] == pytest.approx(math.exp(val[0]), rel=1e-12)
+        assert o["n"] == pytest.approx(math.exp(val[1]), rel=1e-12)
+        assert o["t_half_s"] == pytest.approx(math.exp(val[2]), rel=1e-12)
+        assert o["k_per_s_se"] == pytest.approx(math.exp(val[0]) * float(var[0, 0]) ** 0.5,
+                                                rel=1e-6)
+        assert o["n_se"] == pytest.approx(math.exp(val[1]) * float(var[1, 1]) ** 0.5, rel=1e-6)
+        assert o["t_half_s_se"] == pytest.approx(math.exp(val[2]) * float(var[2, 2]) ** 0.5,
+                                                 rel=1e-6)
+        assert o["nk_correlation"] == pytest.approx(
+            float(var[0, 1] / (var[0, 0] * var[1, 1]) ** 0.5), abs=1e-6)
+        assert o["Q_kJ_per_mol"] == pytest.approx(float(theta[names.index("Q_kJ_per_mol")]))
+    assert abs(out[0]["Q_kJ_per_mol"] - q) < 0.1 * q and abs(out[0]["n"] - n) < 0.2 * n
