@@ -334,4 +334,5 @@ def _to_cpu(res):
     return dataclasses.replace(
         res, theta=res.theta.cpu(), cov=res.cov.cpu(), rmse=res.rmse.cpu(), cost=res.cost.cpu(),
         converged=res.converged.cpu(), n_points=res.n_points.cpu(),
-        start_index=res.start_index.cpu())
+        start_index=res.start_index.cpu(),
+        n_determining=None if res.n_determining is None else res.n_determining.cpu())

@@ -214,6 +214,13 @@ def test_fewer_points_than_parameters_needs_a_prior():
     assert bool(fit_jmak([100.0], [0.4], prior=prior).converged[0])
 
 
+def test_no_curves_is_a_clear_error():
+    with pytest.raises(InputError, match="no curves to fit"):
+        fit_curves(JMAK(), [], [])
+    with pytest.raises(InputError, match="0 points for 2 free parameters"):
+        fit_curves(JMAK(), [np.zeros(0)], [np.zeros(0)])
+
+
 def test_all_equal_fractions_and_nan_are_refused():
     with pytest.raises(InputError, match="all 3 target values equal 0.5"):
         fit_jmak([1.0, 2.0, 3.0], [0.5, 0.5, 0.5])
@@ -239,6 +246,80 @@ def test_poorly_determined_fits_are_flagged_with_their_correlation():
     assert torch.isfinite(corr[0]) and abs(float(corr[0])) <= 1.0
     table = res.table()
     assert {"nk_correlation", "poorly_determined", "t_half_s", "k_per_s_se"} <= set(table.columns)
+
+
+@pytest.mark.parametrize("fit_t0,fit_fmax", [(False, False), (False, True), (True, False)])
+def test_exact_steps_are_poorly_determined_despite_tiny_standard_errors(fit_t0, fit_fmax):
+    """A step fitted exactly: a near-vertical curve through every point, with standard
+    errors near zero (the residuals vanish), though any steeper curve with its midpoint
+    anywhere between the last 0 and the first 1 fits as well. Flagged by counting the points
+    inside the fitted transition (f / f_max in (0.02, 0.98)), checked against the fitted curve
+    itself; a well-sampled curve keeps its flag off."""
+    t = np.array([10.0, 20.0, 40.0, 80.0, 160.0, 320.0])
+    h = 0.9 if fit_fmax else 1.0
+    steps = [np.array([0, 0, 0, h, h, h]), np.array([0, 0, 0, 0, 0, h]),
+             np.array([0, 0, 0.3 * h, h, h, h])]
+    good_t = np.geomspace(10, 1000, 12)
+    good = h * jmak_np(good_t, math.log(1 / 60.0), math.log(1.5))
+    good = good + 0.01 * np.random.default_rng(1).normal(size=12)
+    res = fit_jmak([t, t, t, good_t], [*steps, good], fit_t0=fit_t0, fit_fmax=fit_fmax,
+                   fraction_tolerance=0.05)
+    model = JMAK(fit_t0=fit_t0, fit_fmax=fit_fmax)
+    for i, tt in enumerate([t, t, t, good_t]):
+        params = model.unflatten(res.theta[i])
+        f = model.forward(params, torch.as_tensor(tt)).numpy()
+        fmax = float(torch.sigmoid(params["logit_fmax"])) if fit_fmax else 1.0
+        inside = int(((f / fmax > 0.02) & (f / fmax < 0.98)).sum())
+        assert int(res.n_determining[i]) == inside
+    assert res.n_determining[:3].max() <= 1 and int(res.n_determining[3]) >= 6
+    assert res.poorly_determined.tolist() == [True, True, True, False]
+    assert float(res.stderr[0].max()) < 0.1  # why the standard errors alone miss it
+    # under a prior, the prior determines what the points leave open: no such count
+    prior = Prior.from_std("jmak", model.flat_names, res.theta[3].tolist(),
+                           [1.0] * model.num_params)
+    assert fit_jmak([t], [steps[0]], fit_t0=fit_t0, fit_fmax=fit_fmax,
+                    prior=prior).n_determining is None
+
+
+def test_per_temperature_n_needs_every_isotherm_listed():
+    """A per-temperature n at a temperature the model does not list: the fit refuses it (it
+    once fitted that isotherm with n = 1, silently), and the curve there is NaN, not n = 1."""
+    t = np.array([100.0, 200, 400, 800, 1600])
+    y = np.array([0.05, 0.2, 0.6, 0.95, 1.0])
+    x = np.concatenate([np.c_[t, np.full(5, 900.0)], np.c_[t / 3, np.full(5, 950.0)],
+                        np.c_[t / 9, np.full(5, 1000.0)]])
+    with pytest.raises(InputError, match="temperature 1000 K has no Avrami exponent"):
+        fit_curves(ArrheniusJMAK(temperatures_K=[900.0, 950.0], shared_n=False), [x],
+                   [np.tile(y, 3)])
+    model = ArrheniusJMAK(temperatures_K=[900.0, 950.0, 1000.005], shared_n=False)
+    res = fit_curves(model, [x], [np.tile(y, 3)])
+    assert bool(res.converged[0])
+    params = model.unflatten(res.theta[0])
+    n = model._n(params, torch.tensor([900.0, 950.0, 1000.0, 1100.0], dtype=F64))
+    assert torch.isfinite(n[:3]).all() and torch.isnan(n[3])
+    ln_n = params["ln_n"]
+    torch.testing.assert_close(torch.log(n[:3]), ln_n)
+    f = model.forward(params, torch.tensor([[400.0, 1100.0]], dtype=F64))
+    assert torch.isnan(f).all()
+
+
+def test_an_exponent_without_points_leaves_the_other_standard_errors_finite():
+    """One per-temperature model for grades measured at different temperatures: a grade
+    without points at 1000 K cannot say anything of n(1000 K) (NaN), but its Q, ln k0 and its
+    own exponents are as well determined as in a model that lists only its temperatures
+    (they once all became NaN: the curvature matrix is singular in that one direction)."""
+    t = np.array([100.0, 200, 400, 800, 1600])
+    y = np.array([0.05, 0.2, 0.6, 0.95, 1.0])
+    x = np.concatenate([np.c_[t, np.full(5, 900.0)], np.c_[t / 3, np.full(5, 950.0)]])
+    y2 = np.concatenate([y, np.clip(y + 0.03, 0, 1)])
+    wide = fit_curves(ArrheniusJMAK(temperatures_K=[900.0, 950.0, 1000.0], shared_n=False),
+                      [x], [y2])
+    own = fit_curves(ArrheniusJMAK(temperatures_K=[900.0, 950.0], shared_n=False), [x], [y2])
+    se_wide, se_own = wide.stderr[0], own.stderr[0]
+    assert torch.isnan(se_wide[4]) and bool(wide.poorly_determined[0])
+    torch.testing.assert_close(se_wide[:4], se_own, rtol=1e-5, atol=0)
+    torch.testing.assert_close(wide.theta[0, :4], own.theta[0], rtol=1e-6, atol=1e-6)
+    assert torch.isnan(wide.cov[0, 4]).all() and torch.isnan(wide.cov[0, :, 4]).all()
 
 
 def test_arrhenius_jmak_recovers_Q_on_synthetic_isotherms():
@@ -328,6 +409,39 @@ def test_zero_weight_is_exact_deletion():
     torch.testing.assert_close(with_zero.theta, without.theta, rtol=1e-7, atol=1e-9)
     torch.testing.assert_close(with_zero.cov, without.cov, rtol=1e-6, atol=1e-12)
     assert int(with_zero.n_points[0]) == 9
+
+
+@pytest.mark.parametrize("fit_t0,fit_fmax", [(False, False), (False, True), (True, False)])
+def test_weight_zero_points_and_point_order_change_no_fit(fit_t0, fit_fmax):
+    """Over many noisy curves: a point of weight 0 is exactly a deleted point, and the order
+    of the points does not matter (the starts are read in time order from the valid points;
+    a weight-0 point next to the half time once gave a start at t = 1 s and a fit stuck on a
+    plateau, reported converged)."""
+    rng = np.random.default_rng(7)
+    times, fracs, weights = [], [], []
+    for _ in range(150):
+        ln_k, n = rng.uniform(math.log(1e-5), math.log(1e-2)), rng.uniform(0.7, 4.0)
+        t_half = math.exp(LN_LN2 / n - ln_k)
+        t = np.sort(t_half * np.exp(rng.uniform(-2.0, 2.0, int(rng.integers(8, 16)))))
+        f = 0.85 if fit_fmax else 1.0
+        t0 = 0.2 * t[0] if fit_t0 else 0.0
+        times.append(t + t0)
+        fracs.append(f * jmak_np(t, ln_k, math.log(n)) + rng.normal(0.0, 0.01, len(t)))
+        w = (rng.uniform(size=len(t)) > 0.3).astype(float)
+        w[rng.choice(len(t), 5, replace=False)] = 1.0  # at least five points each
+        weights.append(w)
+    model = JMAK(fit_t0=fit_t0, fit_fmax=fit_fmax)
+    masked = fit_curves(model, times, fracs, weight=weights)
+    deleted = fit_curves(model, [t[w > 0] for t, w in zip(times, weights, strict=True)],
+                         [f[w > 0] for f, w in zip(fracs, weights, strict=True)])
+    torch.testing.assert_close(masked.cost, deleted.cost, rtol=1e-9, atol=1e-14)
+    torch.testing.assert_close(masked.theta, deleted.theta, rtol=1e-6, atol=1e-6)
+    perm = [rng.permutation(len(t)) for t in times]
+    shuffled = fit_curves(model, [t[p] for t, p in zip(times, perm, strict=True)],
+                          [f[p] for f, p in zip(fracs, perm, strict=True)],
+                          weight=[w[p] for w, p in zip(weights, perm, strict=True)])
+    torch.testing.assert_close(shuffled.cost, masked.cost, rtol=1e-9, atol=1e-14)
+    torch.testing.assert_close(shuffled.theta, masked.theta, rtol=1e-6, atol=1e-6)
 
 
 def test_padded_tensor_input_equals_list_input():

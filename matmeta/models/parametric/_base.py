@@ -484,6 +484,15 @@ class ParametricModel:
         where it lowers the objective."""
         raise NotImplementedError
 
+    def fit_determining_points(self, theta: Tensor, inputs: Any, weight: Tensor
+                               ) -> Tensor | None:
+        """Optionally, how many of each fitted curve's points (weight > 0) lie where the curve
+        still moves, (B,) from ``theta`` (B, P) and padded ``inputs``: a fit without a prior
+        through fewer than two such points is reported poorly determined, whatever its
+        standard errors say (a step fitted exactly by a near-vertical curve has tiny ones).
+        None (the default): no such test for the law."""
+        return None
+
     def initial_guesses(self, inputs: Any, y: Tensor, weight: Tensor | None = None) -> Tensor:
         """Starting points for a multi-start fit: (B, S, P) for batched padded curves.
 

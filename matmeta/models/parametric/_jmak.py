@@ -46,6 +46,9 @@ LN_LN2 = math.log(math.log(2.0))
 VALLEY_N_UP = 4.0
 VALLEY_N_DOWN = 0.5
 VALLEY_JUMP = 16.0
+# A fit's determining points lie inside its transition: fitted f / f_max in (2%, 98%), that
+# is z = n ln(k (t - t0)) in (ln(-ln 0.98), ln(-ln 0.02)).
+Z_TRANSITION = (math.log(-math.log1p(-0.02)), math.log(-math.log(0.02)))
 
 
 def jmak_curve(t: Tensor, ln_k: Tensor, n: Tensor, t0: Tensor | float = 0.0,
@@ -321,6 +324,19 @@ class JMAK(ParametricModel):
         out[1] = ln_n_new
         return out
 
+    def fit_determining_points(self, theta: Tensor, inputs: Tensor, weight: Tensor) -> Tensor:
+        """Points inside the fitted transition, between 2% and 98% of ``f_max`` (elsewhere the
+        curve is flat to within the noise of most measurements, and k and n are bounded but
+        not determined there)."""
+        # f / f_max = 1 - exp(-e^z), so the transition is an interval of z = n ln(k (t - t0))
+        tau = inputs
+        if self.fit_t0:
+            tau = inputs - torch.exp(theta[:, self.flat_names.index("ln_t0_s"), None])
+        pos = tau > 0
+        z = torch.exp(theta[:, 1:2]) * (theta[:, 0:1]
+                                        + torch.log(torch.where(pos, tau, torch.ones_like(tau))))
+        return (pos & (weight > 0) & (z > Z_TRANSITION[0]) & (z < Z_TRANSITION[1])).sum(-1)
+
     def initial_guesses(self, inputs: Tensor, y: Tensor, weight: Tensor | None = None) -> Tensor:
         """Vectorised multi-start guesses (B, S, P) read from each curve.
 
@@ -331,13 +347,19 @@ class JMAK(ParametricModel):
         t, w = inputs, (torch.ones_like(y) if weight is None else weight)
         valid = (w > 0) & (t > 0)
         dtype = y.dtype
+        big = torch.finfo(dtype).max
+        # the half time below is read from neighbouring points: each curve's valid points in
+        # time order first, the others (weight 0, t <= 0) after them
+        key = torch.where(valid, t, torch.full_like(t, big))
+        if not bool((key[..., 1:] >= key[..., :-1]).all()):
+            order = torch.argsort(key, dim=-1, stable=True)
+            t, y, w, valid = (a.gather(-1, order) for a in (t, y, w, valid))
         if self.fit_fmax:
             fmax0 = y.masked_fill(~valid, -1.0).amax(-1, keepdim=True).clamp(0.05, 0.995)
             yn = y / fmax0
         else:
             yn = y
         tpos = t.masked_fill(~valid, 1.0)
-        big = torch.finfo(dtype).max
         # t0 guess: halfway to the last time still below 2% of the plateau
         if self.fit_t0:
             before = valid & (yn < 0.02)
@@ -456,7 +478,9 @@ class ArrheniusJMAK(ParametricModel):
         temps = torch.as_tensor(self.temperatures_K, dtype=temperature_K.dtype,
                                 device=temperature_K.device)
         onehot = ((temperature_K.unsqueeze(-1) - temps).abs() < 0.01).to(temperature_K.dtype)
-        return torch.exp(onehot @ params["ln_n"])
+        # a temperature without its own n has none: NaN, not the n = 1 of an empty match
+        unknown = torch.where(onehot.sum(-1) > 0, 0.0, float("nan")).to(temperature_K.dtype)
+        return torch.exp(onehot @ params["ln_n"] + unknown)
 
     def forward(self, params: Params, inputs: Tensor) -> Tensor:
         """Fractions at ``inputs[:, 0]`` seconds and ``inputs[:, 1]`` kelvin."""
@@ -527,6 +551,15 @@ class ArrheniusJMAK(ParametricModel):
             if len(temps) < 2:
                 raise InputError("ArrheniusJMAK: an Arrhenius fit needs isotherms at two or more "
                                  f"temperatures, got {temps.tolist()} K")
+            if not self.shared_n:
+                known = torch.as_tensor(self.temperatures_K, dtype=temps.dtype)
+                missing = [float(v) for v in temps
+                           if not bool(((v - known).abs() < 0.01).any())]
+                if missing:
+                    raise InputError(
+                        f"ArrheniusJMAK: curve {b}: temperature {missing[0]:g} K has no Avrami "
+                        f"exponent of its own (temperatures_K {self.temperatures_K}, matched "
+                        "within 0.01 K); list every isotherm's temperature or use shared_n")
             subs = []
             for temp_k in temps:
                 sel = live & (temp == temp_k)
