@@ -23,13 +23,26 @@ from matmeta.errors import CheckpointError
 __all__ = ["atomic_write_bytes", "atomic_write_text", "save_checkpoint", "load_checkpoint"]
 
 
+def check_writable(path: str | os.PathLike) -> Path:
+    """A one-line error unless a file can be written at ``path``: not a folder, and no file
+    where one of its folders would go (call before any output of a command is written)."""
+    from matmeta.errors import InputError
+
+    path = Path(path)
+    if path.is_dir():
+        raise InputError(f"{path}: is a folder; expected a file name to write")
+    for parent in path.parents:
+        if parent.exists():
+            if not parent.is_dir():
+                raise InputError(f"{path}: cannot write there: {parent} is a file, not a folder")
+            break
+    return path
+
+
 def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> Path:
     """Write ``data`` to ``path`` atomically (temp file in the same folder, fsync, rename)."""
     path = Path(path)
-    if path.is_dir():
-        from matmeta.errors import InputError
-
-        raise InputError(f"{path}: is a folder; expected a file name to write")
+    check_writable(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
@@ -76,11 +89,22 @@ def load_checkpoint(path: str | os.PathLike, kind: str | tuple[str, ...] | None 
     path = Path(path)
     if not path.is_file():
         raise CheckpointError(f"{path}: no such checkpoint file")
+    with open(path, "rb") as fh:
+        head = fh.read(64).lstrip()
+    if head[:1] in (b"{", b"["):
+        raise CheckpointError(f"{path}: a JSON file, not a model checkpoint (a prior written by "
+                              "`matmeta meta-train --prior` is given with --prior)")
     try:
         obj = torch.load(path, map_location=map_location, weights_only=True)
     except Exception as exc:  # noqa: BLE001 - torch raises many types here
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise CheckpointError(f"{path}: not a loadable matmeta checkpoint ({first})") from exc
+        if head[:2] != b"PK" and head[:1] != b"\x80":  # neither a zip nor a pickle
+            why = "not a torch checkpoint file"
+        elif "weights only load failed" in str(exc).lower():
+            # (torch's own advice, to load with weights_only=False, would let the file run code)
+            why = "it holds objects that only code could rebuild, which matmeta never runs"
+        else:
+            why = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise CheckpointError(f"{path}: not a loadable matmeta checkpoint ({why})") from exc
     if not isinstance(obj, dict) or "matmeta_kind" not in obj:
         raise CheckpointError(f"{path}: not a matmeta checkpoint (no 'matmeta_kind' entry)")
     kinds = (kind,) if isinstance(kind, str) else kind

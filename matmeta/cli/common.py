@@ -31,3 +31,22 @@ def comma_list(value) -> list[str] | None:
     if isinstance(value, (list, tuple)):
         return [str(v) for v in value]
     return [s.strip() for s in str(value).split(",") if s.strip()]
+
+
+def check_outputs(files=(), figures=()) -> None:
+    """Before a command computes or writes anything: each output file can be written (not a
+    folder, no file where its folder would go) and each figure's suffix is a format matplotlib
+    writes; a one-line error otherwise, so that a bad name for the last output does not leave
+    the first ones written. None entries are skipped."""
+    from matmeta.checkpoint import check_writable
+
+    for path in files:
+        if path is not None:
+            check_writable(path)
+    if any(path is not None for path in figures):
+        from matmeta.plots._common import figure_format
+
+        for path in figures:
+            if path is not None:
+                figure_format(path)
+                check_writable(path)

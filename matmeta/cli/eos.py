@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import argparse
 import sys
+from typing import Any
 
-from matmeta.cli.common import add_runtime_options, setup_runtime
+from matmeta.cli.common import add_runtime_options, check_outputs, setup_runtime
 
 FIT_DESCRIPTION = """\
 Fit the third-order Birch-Murnaghan equation of state
@@ -14,8 +15,9 @@ to each E(V) curve of CURVES.csv with the batched Levenberg-Marquardt fitter.
 
 Input columns: volume_A3 (A^3 per cell, > 0), energy_eV (eV per cell), optional group columns
 (material, structure, formula, family, group, or --group-by). Output per curve: E0_eV, V0_A3,
-B0_GPa, B0_prime, each with a *_se standard error, rmse_eV, n_points, converged. --json prints
-the same rows as a JSON list of objects.
+B0_GPa, B0_prime, each with a *_se standard error, rmse_eV, n_points, converged, and
+V0_bracketed (False, with a warning, where V0 lies outside the curve's sampled volumes: an
+extrapolation of the law). --json prints the same rows as a JSON list of objects.
 
 Example:
   matmeta eos fit ev.csv --out eos.csv --json"""
@@ -52,11 +54,14 @@ def _fit(args: argparse.Namespace) -> int:
     from matmeta.models.parametric import BirchMurnaghan
 
     device = setup_runtime(args)
+    check_outputs([args.out])
     src = args.curves
     try:
         df = pd.read_csv(src)
     except FileNotFoundError:
         raise InputError(f"{src}: no such file") from None
+    except IsADirectoryError:
+        raise InputError(f"{src}: is a folder; expected a CSV file") from None
     except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as exc:
         raise InputError(f"{src}: not a readable CSV table ({str(exc).splitlines()[0]})") \
             from None
@@ -73,8 +78,10 @@ def _fit(args: argparse.Namespace) -> int:
         bad = ~np.isfinite(v)
         if bad.any():
             i = int(np.argmax(bad))
+            raw = df[col].iloc[i]
+            got = f"{raw:g}" if isinstance(raw, (int, float, np.floating)) else repr(raw)
             raise InputError(f"{where(src, int(lines[i]), col)}expected a finite number, "
-                             f"got {df[col].iloc[i]!r}")
+                             f"got {got}")
         vals[col] = v
     if (vals["volume_A3"] <= 0).any():
         i = int(np.argmax(vals["volume_A3"] <= 0))
@@ -94,14 +101,23 @@ def _fit(args: argparse.Namespace) -> int:
     df = df.assign(volume_A3=vals["volume_A3"], energy_eV=vals["energy_eV"], row=lines)
     curves = list(df.groupby(groups, sort=True)) if groups else [((), df)]
     model = BirchMurnaghan()
+    def label(key: Any) -> str:
+        lab = ", ".join(f"{g}={k}" for g, k in zip(groups, key if isinstance(key, tuple)
+                                                    else (key,), strict=True))
+        return lab or "all rows"
+
     for key, cur in curves:
+        at = f"{src}, curve {label(key)} (rows {cur['row'].min()}-{cur['row'].max()})"
         if len(cur) < model.num_params + 1:
-            lab = ", ".join(f"{g}={k}" for g, k in zip(groups, key if isinstance(key, tuple)
-                                                        else (key,), strict=True))
-            raise InputError(f"{src}, curve {lab or 'all rows'} (rows {cur['row'].min()}-"
-                             f"{cur['row'].max()}), column 'energy_eV': {len(cur)} points for "
+            raise InputError(f"{at}, column 'energy_eV': {len(cur)} points for "
                              f"{model.num_params} parameters; a Birch-Murnaghan fit needs at "
                              f"least {model.num_params + 1}")
+        distinct = np.unique(cur["volume_A3"].to_numpy())
+        if len(distinct) < model.num_params:
+            raise InputError(f"{at}, column 'volume_A3': {len(distinct)} distinct volume"
+                             f"{'s' if len(distinct) != 1 else ''} "
+                             f"({', '.join(f'{v:g}' for v in distinct[:5])} A^3); a "
+                             f"Birch-Murnaghan fit needs at least {model.num_params}")
     res = fit_curves(model, [c["volume_A3"].to_numpy() for _, c in curves],
                      [c["energy_eV"].to_numpy() for _, c in curves], device=device)
     phys = res.physical()
@@ -115,6 +131,15 @@ def _fit(args: argparse.Namespace) -> int:
         row["rmse_eV"] = float(res.rmse[i])
         row["n_points"] = int(res.n_points[i])
         row["converged"] = bool(res.converged[i])
+        # the equilibrium volume of a fit whose minimum lies outside the sampled volumes is an
+        # extrapolation of the law, not a measurement: say so
+        vol = curves[i][1]["volume_A3"]
+        row["V0_bracketed"] = bool(vol.min() <= row["V0_A3"] <= vol.max())
+        if not row["V0_bracketed"]:
+            print(f"matmeta eos fit: warning: {src}, curve {label(curves[i][0])}: V0 = "
+                  f"{row['V0_A3']:.4g} A^3 lies outside the sampled volumes "
+                  f"({vol.min():g}-{vol.max():g} A^3): an extrapolation, not a minimum the "
+                  "data bracket; sample volumes on both sides of the minimum", file=sys.stderr)
         rows.append(row)
     atomic_write_text(args.out, pd.DataFrame(rows).to_csv(index=False))
     print(f"matmeta eos fit: {len(rows)} curves ({sum(r['converged'] for r in rows)} converged);"

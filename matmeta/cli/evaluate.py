@@ -90,8 +90,8 @@ def add_parser(subparsers) -> None:
     g.add_argument("--fraction-tolerance", type=float, default=0.0,
                    help="kinetics: accept fractions in [-tol, 1 + tol], kept as measured [0]")
     g.add_argument("--allow-negative-time", action="store_true",
-                   help="kinetics: accept negative times (digitisation noise); they are read "
-                        "as t = 0, where JMAK predicts 0 for any parameters")
+                   help="kinetics: keep negative times (digitisation noise near t = 0) as "
+                        "measured; JMAK predicts 0 there for any parameters")
     g = p.add_argument_group("splits and tasks")
     g.add_argument("--test-families", default="leave-one-out",
                    help="leave-one-out (each family group in turn), a fraction of groups, or "

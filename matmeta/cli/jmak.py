@@ -7,7 +7,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from matmeta.cli.common import add_runtime_options, setup_runtime
+from matmeta.cli.common import add_runtime_options, check_outputs, setup_runtime
 
 FIT_DESCRIPTION = """\
 Fit f(t) = f_max * (1 - exp(-(k * max(t - t0, 0))^n)) to each curve of MEASUREMENTS.csv with a
@@ -209,6 +209,7 @@ def _fit(args: argparse.Namespace) -> int:
     device = setup_runtime(args)
     if args.max_iter < 1:
         raise InputError(f"--max-iter {args.max_iter}: expected a positive integer")
+    check_outputs([args.out], [args.plot])
     if args.arrhenius and args.fit_t0:
         raise InputError("--arrhenius with --fit-t0 is not supported: an incubation time "
                          "differs between isotherms; fit them separately with --fit-t0")
@@ -224,14 +225,17 @@ def _fit(args: argparse.Namespace) -> int:
 
     if args.arrhenius:
         groups = table.curves(by_temperature=False)
-        for key, cur in groups:
-            temps = cur["temperature_K"].unique()
-            if len(temps) < 2:
-                lines = cur["row"].to_numpy()
-                raise InputError(
-                    f"{table.describe_curve(key)} (rows {lines.min()}-{lines.max()}), column "
-                    f"'temperature_K': an Arrhenius fit needs two or more temperatures, got "
-                    f"{temps.tolist()} K; fit without --arrhenius")
+        single = [(key, cur) for key, cur in groups if cur["temperature_K"].nunique() < 2]
+        if single:
+            key, cur = single[0]
+            lines = cur["row"].to_numpy()
+            more = (f" ({len(single) - 1} more group{'s' if len(single) > 2 else ''} with one "
+                    "temperature)" if len(single) > 1 else "")
+            raise InputError(
+                f"{table.describe_curve(key)} (rows {lines.min()}-{lines.max()}), column "
+                f"'temperature_K': an Arrhenius fit needs two or more temperatures, got "
+                f"{cur['temperature_K'].unique().tolist()} K{more}; fit such groups without "
+                "--arrhenius (leave them out of this table)")
         model = ArrheniusJMAK(fit_fmax=args.fit_fmax)
     else:
         groups = table.curves(by_temperature=True)

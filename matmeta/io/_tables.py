@@ -35,7 +35,8 @@ def _load_table(path: Path) -> pd.DataFrame:
     name = path.name.lower()
     stem = name[:-3] if name.endswith(".gz") else name
     if not path.is_file():
-        raise InputError(f"{path}: no such file; expected a .csv or .json table (optionally .gz)")
+        raise InputError(f"{path}: {'is a folder' if path.is_dir() else 'no such file'}; "
+                         "expected a .csv or .json table (optionally .gz)")
     try:
         if stem.endswith(".csv"):
             df = pd.read_csv(path)
@@ -92,7 +93,8 @@ def validate_targets(df: pd.DataFrame, target_columns: list[str], source: str = 
                 shown = repr(raw) if isinstance(raw, str) else str(raw)
                 raise InputError(f"{where(source, row, col)}target {shown} is not a finite "
                                  f"number; expected a finite value ({int(bad.sum())} such "
-                                 "row(s); pass drop_bad_targets=True to drop them)")
+                                 "row(s); `matmeta train --drop-invalid` or "
+                                 "drop_bad_targets=True drops them)")
             bad_rows.update(out.index[bad])
         out[col] = values
     if bad_rows:

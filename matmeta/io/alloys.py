@@ -158,7 +158,8 @@ def _read_frame(path: str | os.PathLike | pd.DataFrame) -> tuple[pd.DataFrame, s
         return path.copy(), "<DataFrame>", np.asarray(list(path.index), dtype=object)
     p = Path(path)
     if not p.is_file():
-        raise InputError(f"{p}: no such file; expected a CSV table of alloy compositions")
+        raise InputError(f"{p}: {'is a folder' if p.is_dir() else 'no such file'}; "
+                         "expected a CSV table of alloy compositions")
     try:
         df = pd.read_csv(p)
     except pd.errors.EmptyDataError as exc:

@@ -77,6 +77,8 @@ class KineticsTable:
     group_columns: list[str]
     source: str
     notes: list[str] = field(default_factory=list)
+    # curves already warned about (each disorder is said once, however often curves() runs)
+    _warned: set = field(default_factory=set, repr=False, compare=False)
 
     @property
     def has_temperature(self) -> bool:
@@ -113,7 +115,9 @@ class KineticsTable:
             ordered = rows.sort_values([*within, "time_s"], kind="stable")
             unsorted = any((np.diff(part["time_s"].to_numpy()) < 0).any() for _, part in
                            (rows.groupby(within, sort=False) if within else [(None, rows)]))
-            if unsorted:
+            said = (tuple(sorted(key.items(), key=str)), by_temperature)
+            if unsorted and said not in self._warned:
+                self._warned.add(said)
                 lines = rows["row"].to_numpy()
                 warnings.warn(f"{self.describe_curve(key)} (rows {lines.min()}-{lines.max()}): "
                               "times are not in increasing order; sorted by time",
@@ -184,7 +188,8 @@ def _time_unit(col: str, unit: str | None, time_unit: str | None, src: str) -> t
     if unit is None:
         if time_unit is None:
             raise InputError(f"{where(src, None, col)}the time unit cannot be determined: name "
-                             "the column time_s, time_min or time_h, or pass --time-unit s|min|h")
+                             "the column time_s, time_min or time_h (matmeta jmak fit also takes "
+                             "--time-unit s|min|h)")
         unit = time_unit
     elif time_unit is not None and time_unit != unit:
         raise InputError(f"{where(src, None, col)}the column says {unit} but --time-unit says "
@@ -360,7 +365,8 @@ def read_kinetics_table(
         path = Path(path_or_frame)
         src = source or str(path)
         if not path.is_file():
-            raise InputError(f"{src}: no such file")
+            raise InputError(f"{src}: " + ("is a folder; expected a CSV file" if path.is_dir()
+                                           else "no such file"))
         try:
             df = pd.read_csv(path, dtype=str, keep_default_na=False, skipinitialspace=True)
         except (pd.errors.ParserError, UnicodeDecodeError) as exc:

@@ -156,6 +156,37 @@ def test_bad_input_one_line_error_and_nothing_written(tmp_path, capsys, text, me
     assert list(tmp_path.iterdir()) == [src]
 
 
+@pytest.mark.parametrize("out,plot,message", [
+    ("o.csv", "o.txt", "o.txt: cannot write a figure as 'txt'; use one of"),
+    ("afile/o.csv", None, "afile/o.csv: cannot write there: "),
+    ("o.csv", "afile/o.png", "afile/o.png: cannot write there: "),
+    ("sub", None, "sub: is a folder"),
+])
+def test_bad_output_names_refused_before_anything_is_written(tmp_path, capsys, out, plot,
+                                                             message):
+    """A figure format matplotlib does not write, or an output under a file, is refused up
+    front (the table was once written before the figure failed with a traceback)."""
+    src = tmp_path / "good.csv"
+    src.write_text("time_s,fraction\n10,0.1\n20,0.3\n40,0.6\n80,0.9\n160,0.99\n")
+    (tmp_path / "afile").write_text("not a folder")
+    (tmp_path / "sub").mkdir()
+    before = sorted(tmp_path.iterdir())
+    argv = ["jmak", "fit", str(src), "--out", str(tmp_path / out)]
+    argv += [] if plot is None else ["--plot", str(tmp_path / plot)]
+    code, stdout, err = run(argv, capsys)
+    assert code == 2 and message in err and len(err.strip().splitlines()) == 1
+    assert sorted(tmp_path.iterdir()) == before and not list((tmp_path / "sub").iterdir())
+
+
+def test_folder_input_and_unsorted_times_said_once(tmp_path, capsys):
+    code, _, err = run(["jmak", "fit", str(tmp_path), "--out", str(tmp_path / "o.csv")], capsys)
+    assert code == 2 and f"{tmp_path}: is a folder; expected a CSV file" in err
+    src = tmp_path / "unsorted.csv"
+    src.write_text("time_s,fraction\n10,0.1\n40,0.6\n20,0.3\n80,0.9\n160,0.99\n")
+    code, _, err = run(["jmak", "fit", str(src), "--out", str(tmp_path / "o.csv")], capsys)
+    assert code == 0 and err.count("times are not in increasing order") == 1
+
+
 def test_help_mentions_units(capsys):
     with pytest.raises(SystemExit):
         main(["jmak", "fit", "--help"])

@@ -221,9 +221,14 @@ class Prior:
         except (UnicodeDecodeError, json.JSONDecodeError):
             try:
                 d = torch.load(path, map_location="cpu", weights_only=True)
-            except Exception as exc:  # noqa: BLE001 - torch raises many types here
-                raise InputError(f"{path}: neither JSON nor a torch prior file ({exc})"
-                                 .splitlines()[0]) from None
+            except Exception:  # noqa: BLE001 - torch raises many types here
+                # (not torch's message: it advises loading with weights_only=False, which
+                # would let the file run code)
+                raise InputError(f"{path}: not a prior file (neither JSON nor a torch file "
+                                 "holding only tensors and plain values)") from None
+        if isinstance(d, dict) and "matmeta_kind" in d:
+            raise InputError(f"{path}: a matmeta {d['matmeta_kind']!r} checkpoint, not a prior; "
+                             "`matmeta meta-train --prior PRIOR.json` writes the prior file")
         if not isinstance(d, dict):
             raise InputError(f"{path}: a prior file must hold an object with model, names, mean")
         prior = cls.from_dict(d, source=str(path))
