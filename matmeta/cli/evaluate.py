@@ -194,7 +194,7 @@ def run(args: argparse.Namespace) -> int:
 
     import torch
 
-    from matmeta.cli.common import setup_runtime
+    from matmeta.cli.common import check_outputs, setup_runtime
     from matmeta.errors import InputError
     from matmeta.meta import MetaSettings, MetaTrainSettings
     from matmeta.meta._evaluate import EvaluationSettings, evaluate
@@ -218,6 +218,10 @@ def run(args: argparse.Namespace) -> int:
                             val_every=max(args.steps // 4, 1), val_tasks=16,
                             checkpoint_every=args.steps, seed=args.seed)
     device = setup_runtime(args)
+    out_path = Path(args.out)
+    check_outputs([out_path, args.tasks_out],
+                  [Path(args.plot) if args.plot else out_path.with_suffix(".png"),
+                   args.coverage_plot])
     dtype = getattr(torch, args.dtype or ("float64" if parametric else "float32"))
     data = load_families(args, kind, dtype)
     families, notes = data.families, data.notes

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from matmeta.cli.common import add_runtime_options, setup_runtime
+from matmeta.cli.common import add_runtime_options, check_outputs, setup_runtime
 
 HELP = "rank what to measure next: candidate compositions/structures, or JMAK time points"
 
@@ -118,6 +118,8 @@ def run_candidates(args: argparse.Namespace) -> int:
     from matmeta.suggest import load_suggest_model, parse_region, read_pool_table, suggest_next
 
     device = setup_runtime(args)
+    check_outputs([args.out], [None if args.plot is None else
+                               (args.plot or Path(args.out).with_suffix(".png"))])
     sm = load_suggest_model(args.model, map_location=device)
     target = args.target or sm.option("target", "target_column")
     if target is None:

@@ -330,12 +330,13 @@ def run_kinetics_suggest(args: argparse.Namespace) -> int:
     import pandas as pd
 
     from matmeta.checkpoint import atomic_write_text
-    from matmeta.cli.common import setup_runtime
+    from matmeta.cli.common import check_outputs, setup_runtime
     from matmeta.io.kinetics import read_kinetics_table
     from matmeta.models.parametric import seconds_per
     from matmeta.workflows._kinetics import fit_jmak_with_prior, load_kinetics_prior
 
     setup_runtime(args)
+    check_outputs([args.out], [args.plot])
     prior, model = load_kinetics_prior(args.prior)
     arrhenius = model.name == "arrhenius_jmak"
     unit_s = seconds_per(args.time_unit or "s")
