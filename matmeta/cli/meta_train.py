@@ -35,6 +35,15 @@ A TOML file (--config) may set any option below by its long name with '_' for '-
 flags given on the command line override the file. Every setting is recorded in the
 checkpoint.
 
+With --prior FILE (jmak, arrhenius_jmak) a Gaussian prior over the law's transformed
+parameters (ln k, ln n; ln k0, Q, ln n) is learned across the meta-training families by
+Laplace-EM (matmeta.learn_prior; each family one curve: the spread of their MAP fits, plus a
+shared noise std) and written for `matmeta jmak fit --prior` and `matmeta suggest kinetics
+--prior`. The meta-learned initialisation is not used for it: gradient steps barely move ln k,
+so a prior around it would be narrow and misplaced. It needs at least 2 meta-training families
+the fitter can take (an Arrhenius-JMAK grade needs isotherms at two temperatures); families it
+cannot take are named in a warning and left out.
+
 With --members N (N >= 2) an ensemble of N meta-learned initialisations is trained together
 (vmapped over members); `matmeta adapt` then gives every prediction a spread and a 90% interval.
 
@@ -158,8 +167,11 @@ def add_parser(subparsers) -> None:
     g.add_argument("--plot", default=None,
                    help="PNG of meta-train/validation losses [default: --out with .png]")
     g.add_argument("--prior", default=None,
-                   help="parametric models: also write the meta-learned prior (JSON) for "
-                        "`fit-jmak --prior`")
+                   help="jmak/arrhenius_jmak: also write a Gaussian prior (JSON) over the "
+                        "transformed parameters (ln k, ln n, ...) learned across the "
+                        "meta-training families by Laplace-EM (matmeta.learn_prior), with its "
+                        "measurement noise std, for `matmeta jmak fit --prior` and `matmeta "
+                        "suggest kinetics --prior` (not the meta-learned initialisation)")
     g.add_argument("--no-progress", action="store_true", help="no progress bar")
     add_runtime_options(p)
     p.set_defaults(func=run)
@@ -323,6 +335,18 @@ def run(args: argparse.Namespace) -> int:
         if hidden:
             model_cfg["hidden"] = int(hidden[0])
     model = build_model(kind, model_cfg)
+    if opts["prior"]:
+        # refused before training, not after a long run: a prior across families needs two
+        # families the fitter can take (the left-out ones are named again when it is written)
+        from matmeta.meta._train import prior_families
+
+        usable, left_out = prior_families(model, train_f)
+        if len(usable) < 2:
+            raise InputError(
+                f"--prior {opts['prior']}: {len(usable)} of {len(train_f)} meta-training "
+                "families can be fitted; learning a prior across families needs at least 2 "
+                "(lower --val-families or --test-families"
+                + (f"; left out: {'; '.join(left_out[:5])}" if left_out else "") + ")")
 
     rank, world = init_distributed(device)
     if device.type == "cuda" and world > 1:
@@ -371,8 +395,19 @@ def run(args: argparse.Namespace) -> int:
     plot_meta_history(result.history, plot,
                       title=f"{settings.algorithm} on {model.name} ({args.data})")
     wrote = [str(out), str(plot)]
+    prior_line = ""
     if opts["prior"]:
-        wrote.append(str(write_prior(result, train_f, opts["prior"])))
+        from matmeta.models.parametric import Prior
+
+        path = write_prior(result, train_f, opts["prior"])
+        wrote.append(str(path))
+        prior = Prior.load(path)
+        prior_line = (
+            f"prior learned across {len(usable)} of {len(train_f)} meta-training families "
+            "(Laplace-EM), mean +- std of the transformed parameters: " + ", ".join(
+                f"{n} {m:.4g} +- {s:.3g}" for n, m, s in
+                zip(prior.names, prior.mean.tolist(), prior.std.tolist(), strict=True))
+            + f"; measurement noise std {prior.noise_std:.3g} ({data.units})")
     last = result.history[-1] if result.history else {}
     val = [h["val_loss"] for h in result.history if "val_loss" in h]
     what = f"{members} members of " if members > 1 else ""
@@ -387,4 +422,6 @@ def run(args: argparse.Namespace) -> int:
               if val_f else ", noise NOT calibrated (no validation families): its intervals "
               "are the members' spread only") if members > 1 else "")
           + f"; wrote {', '.join(wrote)}", file=sys.stdout)
+    if prior_line:
+        print(prior_line, file=sys.stdout)
     return 0

@@ -76,15 +76,17 @@ def test_jmak_anil_on_a_physical_subset_and_vmap_equals_loop():
         assert all(bool(torch.isfinite(g).all()) for g in gv.values())
 
 
-def test_arrhenius_jmak_meta_trains_a_few_steps_and_writes_a_prior(tmp_path):
-    from matmeta.meta import write_prior
-    from matmeta.models.parametric import ArrheniusJMAK, Prior, jmak_curve
+def _arrhenius_grades(n=5, seed=2):
+    """Noise-free grades: ln k0 ~ N(20, 1) ln(1/s), Q = 200 kJ/mol, n = 2, isotherms at 900,
+    950 and 1000 K. Returns the families and the drawn ln k0."""
+    from matmeta.models.parametric import jmak_curve
 
-    gen = torch.Generator().manual_seed(2)
+    gen = torch.Generator().manual_seed(seed)
     r = 8.314462618e-3
-    fams = []
-    for g in range(5):
+    fams, ln_k0s = [], []
+    for g in range(n):
         ln_k0 = 20.0 + torch.randn((), generator=gen, dtype=F64)
+        ln_k0s.append(float(ln_k0))
         rows = []
         for temp in (900.0, 950.0, 1000.0):
             t = torch.logspace(1, 4, 6, dtype=F64)
@@ -93,6 +95,29 @@ def test_arrhenius_jmak_meta_trains_a_few_steps_and_writes_a_prior(tmp_path):
             rows.append(torch.stack([t, torch.full_like(t, temp), f], 1))
         data = torch.cat(rows)
         fams.append(Family(f"grade{g}", data[:, :2], data[:, 2]))
+    return fams, torch.tensor(ln_k0s, dtype=F64)
+
+
+def _untrained(model, params=None):
+    """A MetaResult at ``params`` (default: the model's defaults), as write_prior receives."""
+    from matmeta.meta import MetaResult
+
+    params = {k: v.double() for k, v in (params or model.init_params()).items()}
+    s = MetaSettings("maml", 2, 0.1).resolve(model)
+    return MetaResult(model, init_meta_params(model, params, s), s, MetaTrainSettings())
+
+
+def _learn_prior_on(model, fams):
+    from matmeta.bayes import learn_prior
+
+    return learn_prior(model, [f.inputs for f in fams], [f.y for f in fams]).prior
+
+
+def test_arrhenius_jmak_meta_trains_a_few_steps_and_writes_a_prior(tmp_path):
+    from matmeta.meta import write_prior
+    from matmeta.models.parametric import ArrheniusJMAK, Prior
+
+    fams, ln_k0s = _arrhenius_grades()
     model = ArrheniusJMAK()
     start = model.from_physical(k0_per_s=math.exp(20.0), Q_kJ_per_mol=200.0, n=1.5)
     s = MetaSettings("fomaml", 2, 0.05, trainable=["ln_k0", "ln_n"])
@@ -103,34 +128,118 @@ def test_arrhenius_jmak_meta_trains_a_few_steps_and_writes_a_prior(tmp_path):
     assert res.history[-1]["train_loss"] < res.history[0]["train_loss"]
     path = write_prior(res, fams, tmp_path / "prior.json")
     prior = Prior.load(path, model=model)
-    torch.testing.assert_close(prior.mean, model.flatten(res.params).double())
-    assert bool((prior.std > 0).all())
+    # the prior is Laplace-EM across the grades, not the meta-learned initialisation
+    direct = _learn_prior_on(model, fams)
+    torch.testing.assert_close(prior.mean, direct.mean, rtol=1e-10, atol=1e-10)
+    # exact data make Q's and n's variances the floor (1e-8) and their covariances rounding
+    # noise (1e-13..1e-11, not reproducible to the last bit across thread schedules)
+    torch.testing.assert_close(prior.cov, direct.cov, rtol=1e-9, atol=1e-10)
+    assert math.isclose(prior.noise_std, direct.noise_std, rel_tol=1e-6)
+    assert prior.model_config == model.config()
+    # exact curves: every grade's MAP fit is its truth, so the prior is the grades' population:
+    # mean and (ddof 0) spread of the drawn ln k0, Q = 200 kJ/mol and n = 2 shared (std floored)
+    assert abs(prior.mean[0].item() - ln_k0s.mean().item()) < 1e-3
+    assert abs(prior.std[0].item() - ln_k0s.std(unbiased=False).item()) < 1e-3
+    assert abs(prior.mean[1].item() - 200.0) < 1e-3 and abs(prior.mean[2].item()
+                                                             - math.log(2.0)) < 1e-6
+    assert prior.std[1].item() < 1e-3 and prior.noise_std < 1e-4
 
 
-def test_write_prior_names_families_that_diverged_and_the_std_fallback(tmp_path):
-    from matmeta.meta import MetaResult, write_prior
+def test_write_prior_learns_the_population_of_k_and_n_not_the_meta_initialisation(tmp_path):
+    from matmeta.meta import write_prior
     from matmeta.models.parametric import JMAK, Prior
 
     model = JMAK()
-    params = {k: v.double() for k, v in model.init_params().items()}
-    s = MetaSettings("maml", 2, 0.1).resolve(model)
-    res = MetaResult(model, init_meta_params(model, params, s), s, MetaTrainSettings())
-    good = _jmak_families(3)
-    bad = Family("diverged", good[0].inputs, torch.full_like(good[0].y, float("nan")))
+    fams = _jmak_families(40)  # ln k ~ N(ln 1e-2, 0.3^2) 1/s, ln n ~ N(ln 2, 0.05^2), noise 0.01
+    res = _untrained(model)  # initialisation at k = 1e-3 1/s: 2.3 in ln k from the population
+    prior = Prior.load(write_prior(res, fams, tmp_path / "prior.json"), model=model)
+    direct = _learn_prior_on(model, fams)
+    torch.testing.assert_close(prior.mean, direct.mean, rtol=1e-12, atol=1e-12)
+    torch.testing.assert_close(prior.cov, direct.cov, rtol=1e-12, atol=1e-14)
+    # the population the curves were drawn from, within sampling error of 40 families
+    assert abs(prior.mean[0].item() - LN_K_MEAN) < 0.15
+    assert 0.2 < prior.std[0].item() < 0.45
+    assert abs(prior.mean[1].item() - LN_N_MEAN) < 0.03 and prior.std[1].item() < 0.1
+    assert 0.008 < prior.noise_std < 0.013
+    assert abs(res.params["ln_k"].item() - LN_K_MEAN) > 2.0
+
+
+def test_write_prior_leaves_out_families_it_cannot_fit_in_one_warning(tmp_path):
+    from matmeta.errors import InputError
+    from matmeta.meta import write_prior
+    from matmeta.models.parametric import JMAK, ArrheniusJMAK, Prior
+
+    model = JMAK()
+    res = _untrained(model)
+    good = _jmak_families(6)
+    bad = Family("unmeasured", good[0].inputs, torch.full_like(good[0].y, float("nan")))
     with pytest.warns(UserWarning) as caught:
         with_bad = Prior.load(write_prior(res, [*good, bad], tmp_path / "a.json"), model=model)
     msg = str(caught[0].message)
     assert len(caught) == 1 and "\n" not in msg
-    assert "diverged on 1 of 4 families" in msg and msg.endswith(": diverged")
-    # the diverged family is left out: the spread is the one of the families that adapted
+    assert "1 of 7 families cannot be fitted" in msg and "unmeasured (a non-finite" in msg
+    # the left-out family changes nothing: the prior is the one of the other six
     clean = Prior.load(write_prior(res, good, tmp_path / "b.json"), model=model)
-    torch.testing.assert_close(with_bad.std, clean.std, rtol=0, atol=0)
-    torch.testing.assert_close(with_bad.mean, model.flatten(params).double())
-    # one family left: no spread to measure, every std falls back to 1, said in the same line
-    with pytest.warns(UserWarning, match=r"diverged on 1 of 2 families.*only 1 family adapted.*"
-                                         r"falls back to 1 "):
-        lone = Prior.load(write_prior(res, [good[0], bad], tmp_path / "c.json"), model=model)
-    torch.testing.assert_close(lone.std, torch.ones_like(lone.std, dtype=F64))
+    torch.testing.assert_close(with_bad.mean, clean.mean, rtol=0, atol=0)
+    torch.testing.assert_close(with_bad.cov, clean.cov, rtol=0, atol=0)
+    # one family left: no prior across families; a one-line error and no file
+    with pytest.raises(InputError, match=r"c\.json: 1 usable family of 2; .*at least 2; "
+                                         r"left out: unmeasured \(") as err:
+        write_prior(res, [good[0], bad], tmp_path / "c.json")
+    assert "\n" not in str(err.value) and not (tmp_path / "c.json").exists()
+    # an Arrhenius-JMAK grade measured at one temperature cannot be fitted: named, left out
+    grades, _ = _arrhenius_grades(3)
+    one_t = Family("one_temperature", grades[0].inputs[:6], grades[0].y[:6])
+    amodel = ArrheniusJMAK()
+    with pytest.warns(UserWarning, match=r"one_temperature \(ArrheniusJMAK: an Arrhenius fit "
+                                         r"needs isotherms at two or more temperatures"):
+        write_prior(_untrained(amodel), [*grades, one_t], tmp_path / "d.json")
+    with pytest.raises(InputError, match="a prior file needs a parametric model"):
+        from matmeta.models._mlp import MLP
+
+        write_prior(_untrained(MLP(1)), good, tmp_path / "e.json")
+
+
+def _t_half_band(prior, samples=100_000):
+    """The prior's 95% band on ln t_half_s, t_half = ln(2)^(1/n) / k, by sampling (ln k, ln n)."""
+    gen = torch.Generator().manual_seed(0)
+    L = torch.linalg.cholesky(prior.cov)
+    theta = prior.mean + torch.randn(samples, 2, generator=gen, dtype=F64) @ L.T
+    ln_t_half = math.log(math.log(2.0)) / theta[:, 1].exp() - theta[:, 0]
+    return torch.quantile(ln_t_half, torch.tensor([0.025, 0.975], dtype=F64))
+
+
+@pytest.mark.shared_data
+def test_write_prior_on_tungsten_describes_the_training_isotherms(tmp_path):
+    from matmeta.fitting import fit_curves
+    from matmeta.meta import split_families, write_prior
+    from matmeta.meta._data import load_families
+    from matmeta.models.parametric import JMAK, Prior
+    from tests.helpers import shared_dataset
+
+    data = load_families(shared_dataset("kinetics/tungsten_recrystallization.csv"), "jmak",
+                         fraction_tolerance=0.15, allow_negative_time=True)
+    train, _, _ = split_families(data.families, val=0.2, seed=0)  # as `meta-train` splits
+    assert len(train) >= 15
+    model = JMAK()
+    # a MAML-like initialisation (ln k = -7.05, where 500 MAML steps leave it): not the prior
+    res = _untrained(model, {"ln_k": torch.tensor(-7.05), "ln_n": torch.tensor(0.285)})
+    prior = Prior.load(write_prior(res, train, tmp_path / "w.json"), model=model)
+    direct = _learn_prior_on(model, train)
+    torch.testing.assert_close(prior.mean, direct.mean, rtol=1e-12, atol=1e-12)
+    torch.testing.assert_close(prior.cov, direct.cov, rtol=1e-12, atol=1e-14)
+    # the isotherms' own least-squares fits (no prior) mostly fall inside its 95% t_half band
+    fits = fit_curves(model, [f.inputs for f in train], [f.y for f in train])
+    assert bool(fits.converged.all())
+    ln_t_half = math.log(math.log(2.0)) / fits.theta[:, 1].exp() - fits.theta[:, 0]
+    lo, hi = _t_half_band(prior)
+    assert ((ln_t_half >= lo) & (ln_t_half <= hi)).double().mean() >= 0.8
+    # and its ln k spread is the fits' spread (half times from 2e2 s to 1e9 s), not MAML's 0.81
+    assert 0.6 < prior.std[0].item() / fits.theta[:, 0].std().item() < 1.3  # 2.88 / 3.76
+    # the band of a prior around the initialisation with MAML's spread (the old file) holds few
+    old = Prior.from_std("jmak", model.flat_names, [-7.05, 0.285], [0.813, 0.415])
+    lo, hi = _t_half_band(old)
+    assert ((ln_t_half >= lo) & (ln_t_half <= hi)).double().mean() < 0.3
 
 
 @pytest.fixture(scope="module")

@@ -228,6 +228,61 @@ def test_cli_prior_for_a_non_parametric_model_is_refused_before_training(tmp_pat
     assert sorted(p.name for p in tmp_path.iterdir()) == ["toy.csv"]  # no checkpoint, no plot
 
 
+def _kinetics_table(path: Path, grades=6, points=12) -> Path:
+    """One isotherm per grade (its own temperature): ln k ~ N(-7, 1) ln(1/s), n ~ 2, noise 0.02."""
+    rng = np.random.default_rng(1)
+    rows = []
+    for g in range(grades):
+        ln_k, n = rng.normal(-7.0, 1.0), 2.0 * np.exp(rng.normal(0.0, 0.1))
+        for t in np.geomspace(10.0, 1e5, points):
+            f = 1.0 - np.exp(-((np.exp(ln_k) * t) ** n)) + rng.normal(0.0, 0.02)
+            rows.append({"dataset_id": f"G{g}", "temperature_K": 1300.0 + 10 * g, "time_s": t,
+                         "fraction": float(np.clip(f, 0.0, 1.0))})
+    pd.DataFrame(rows).to_csv(path, index=False)
+    return path
+
+
+def test_cli_kinetics_prior_is_learned_across_the_training_families(tmp_path, capsys):
+    from matmeta.bayes import learn_prior
+    from matmeta.meta._data import load_families
+    from matmeta.models.parametric import JMAK, Prior
+
+    data = _kinetics_table(tmp_path / "kin.csv")
+    out, prior = tmp_path / "k.pt", tmp_path / "prior.json"
+    assert main(["meta-train", "--data", str(data), "--model", "jmak", "--k-shot", "3",
+                 "--q-query", "3", "--meta-batch", "2", "--steps", "3", "--device", "cpu",
+                 "--no-progress", "--out", str(out), "--prior", str(prior)]) == 0
+    stdout = capsys.readouterr().out
+    ck = load_meta(out)
+    names = ck.extra["families"]["train"]
+    fams = {f.name: f for f in load_families(data, "jmak").families}
+    assert len(names) == 5 and "prior learned across 5 of 5 meta-training families" in stdout
+    direct = learn_prior(JMAK(), [fams[n].inputs for n in names], [fams[n].y for n in names])
+    p = Prior.load(prior, model=JMAK())
+    torch.testing.assert_close(p.mean, direct.prior.mean, rtol=1e-12, atol=1e-12)
+    torch.testing.assert_close(p.cov, direct.prior.cov, rtol=1e-12, atol=1e-14)
+    assert p.noise_std == pytest.approx(direct.prior.noise_std, rel=1e-12)
+    assert f"ln_k {p.mean[0].item():.4g} +- {p.std[0].item():.3g}" in stdout
+
+
+def test_cli_prior_without_two_fittable_training_families_is_refused_before_training(
+        tmp_path, capsys):
+    data = _kinetics_table(tmp_path / "kin.csv")
+    base = ["meta-train", "--data", str(data), "--k-shot", "3", "--q-query", "3", "--steps",
+            "2", "--device", "cpu", "--no-progress", "--prior", str(tmp_path / "prior.json")]
+    # one isotherm per grade: no grade can be fitted by Arrhenius-JMAK (one temperature each)
+    assert main([*base, "--model", "arrhenius_jmak", "--out", str(tmp_path / "a.pt")]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "0 of 5 meta-training families can be fitted" in err
+    assert "G0 (ArrheniusJMAK: an Arrhenius fit needs isotherms at two or more" in err
+    # one training family left by the split
+    assert main([*base, "--model", "jmak", "--val-families", "G1,G2,G3,G4,G5",
+                 "--out", str(tmp_path / "j.pt")]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "1 of 1 meta-training families can be fitted" in err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["kin.csv"]  # nothing written
+
+
 def test_families_too_small_are_reported_or_refused():
     fams = _families(3, size=12) + [Family("tiny", torch.zeros(4, 2), torch.zeros(4))]
     with pytest.warns(UserWarning, match=r"not drawn: tiny \(4\)"):
@@ -359,5 +414,26 @@ def test_cli_kinetics_writes_a_prior_the_jmak_fitter_reads(tmp_path, capsys):
     ck = load_meta(out)
     assert "W_Lopez2015_HR" not in {n.split("@")[0] for n in ck.extra["families"]["train"]}
     assert all(n.startswith("W_Lopez2015_HR@") for n in ck.extra["families"]["test"])
+    # the prior is Laplace-EM across the training isotherms (not the MAML initialisation)
+    from matmeta.bayes import learn_prior
+    from matmeta.meta._data import load_families
+
+    fams = {f.name: f for f in load_families(data, "jmak", fraction_tolerance=0.2,
+                                             allow_negative_time=True).families}
+    train = [fams[n] for n in ck.extra["families"]["train"]]
+    direct = learn_prior(JMAK(), [f.inputs for f in train], [f.y for f in train]).prior
     p = Prior.load(prior, model=JMAK())
-    torch.testing.assert_close(p.mean, JMAK().flatten(ck.params).double())
+    torch.testing.assert_close(p.mean, direct.mean, rtol=1e-12, atol=1e-12)
+    torch.testing.assert_close(p.cov, direct.cov, rtol=1e-12, atol=1e-14)
+    assert p.std[0].item() > 2.0  # tungsten half times span 2e2-1e9 s
+    # `matmeta jmak fit --prior` reads it: three points of a held-out isotherm
+    held = fams["W_Lopez2015_HR@1473.15K"]
+    three = pd.DataFrame({"dataset_id": "W_Lopez2015_HR", "temperature_K": 1473.15,
+                          "time_s": held.inputs[[2, 6, 10]].double().numpy(),
+                          "fraction": held.y[[2, 6, 10]].double().numpy().clip(0, 1)})
+    three.to_csv(tmp_path / "three.csv", index=False)
+    capsys.readouterr()
+    assert main(["jmak", "fit", str(tmp_path / "three.csv"), "--prior", str(prior),
+                 "--out", str(tmp_path / "fit.csv")]) == 0, capsys.readouterr().err
+    fit = pd.read_csv(tmp_path / "fit.csv")
+    assert len(fit) == 1 and float(fit["t_half_s"].iloc[0]) > 0
