@@ -365,7 +365,9 @@ def run_kinetics_suggest(args: argparse.Namespace) -> int:
             cur["time_s"].to_numpy(), cur["fraction"].to_numpy(), prior,
             temperature_K=cur["temperature_K"].to_numpy() if arrhenius else None,
             fraction_std=cur["fraction_std"].to_numpy() if table.has_std else None,
-            noise_std=args.noise_std, label=label)
+            noise_std=args.noise_std, label=label,
+            fraction_tolerance=max(args.fraction_tolerance, 0.0),
+            allow_negative_time=args.allow_negative_time)
         t_target = None
         cand_temps = None
         if arrhenius:

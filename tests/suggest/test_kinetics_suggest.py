@@ -184,3 +184,28 @@ def test_cli_refuses_another_models_prior_in_one_line(tmp_path):
     with pytest.raises(InputError, match="Arrhenius"):
         _cli(["kinetics", str(tmp_path / "m.csv"), "--prior", str(tmp_path / "jmak.json"),
               "--target", "Q", "--out", str(tmp_path / "n.csv")])
+
+
+def test_cli_tolerances_reach_the_fit(tmp_path):
+    """--fraction-tolerance and --allow-negative-time apply to the fit as to the reading (the
+    fit once refused the fraction -0.02 and the time -5 s the reader had accepted), and the
+    posterior equals the library's MAP fit of the same points kept as measured."""
+    from matmeta.workflows._kinetics import fit_jmak_with_prior
+
+    JMAK_PRIOR.save(tmp_path / "jmak.json")
+    t = np.array([-5.0, 300.0, 600.0, 1200.0])
+    f = np.array([-0.02, 0.1, 0.3, 0.7])
+    pd.DataFrame({"time_s": t, "fraction": f}).to_csv(tmp_path / "m.csv", index=False)
+    out = tmp_path / "next.csv"
+    argv = ["kinetics", str(tmp_path / "m.csv"), "--prior", str(tmp_path / "jmak.json"),
+            "--out", str(out)]
+    with pytest.raises(InputError):
+        _cli(argv)
+    assert _cli([*argv, "--fraction-tolerance", "0.05", "--allow-negative-time"]) == 0
+    lib = fit_jmak_with_prior(t, f, JMAK_PRIOR, fraction_tolerance=0.05,
+                              allow_negative_time=True)
+    want = suggest_jmak_measurement(lib.posterior, np.geomspace(30, 1e5, 25))
+    table = pd.read_csv(out)
+    assert len(table) > 0
+    assert table["target_sd_now"].to_numpy() == pytest.approx(
+        float(want["target_sd_now"].iloc[0]), rel=1e-6)
