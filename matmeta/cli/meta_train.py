@@ -174,7 +174,9 @@ def add_parser(subparsers) -> None:
                         "suggest kinetics --prior` (not the meta-learned initialisation)")
     g.add_argument("--no-progress", action="store_true", help="no progress bar")
     add_runtime_options(p)
-    p.set_defaults(func=run)
+    # what each option's value must be, to check a --config file's values as the flags are
+    p.set_defaults(func=run, _option_types={a.dest: a.type for a in p._actions
+                                            if a.type in (int, float)})
 
 
 def _settings(args: argparse.Namespace) -> tuple[dict, dict, dict]:
@@ -199,6 +201,15 @@ def _settings(args: argparse.Namespace) -> tuple[dict, dict, dict]:
     if unknown:
         raise InputError(f"--config {args.config}: unknown settings {unknown}; expected some of "
                          f"{sorted(known)}")
+    for key, value in file.items():
+        want = getattr(args, "_option_types", {}).get(key)
+        ok = (want is None or (want is int and isinstance(value, int)
+                               and not isinstance(value, bool))
+              or (want is float and isinstance(value, (int, float))
+                  and not isinstance(value, bool)))
+        if not ok:
+            raise InputError(f"--config {args.config}: {key} = {value!r}: expected "
+                             f"{'an integer' if want is int else 'a number'}")
     opts = dict(DEFAULTS)
     opts["algorithm"] = "maml"
     opts.update(file)

@@ -329,6 +329,25 @@ def test_cli_config_file_is_read_flags_override_and_all_is_recorded(tmp_path):
     assert (tmp_path / "cfg.png").stat().st_size > 1000
 
 
+@pytest.mark.parametrize("text,message", [
+    ('steps = "five"\n', "steps = 'five': expected an integer"),
+    ("steps = 2.5\n", "steps = 2.5: expected an integer"),
+    ('outer_lr = "fast"\n', "outer_lr = 'fast': expected a number"),
+    ("k_shot = true\n", "k_shot = True: expected an integer"),
+])
+def test_cli_config_values_of_the_wrong_type_are_one_line_errors(tmp_path, capsys, text,
+                                                                 message):
+    data = _toy_table(tmp_path / "toy.csv")
+    cfg = tmp_path / "bad.toml"
+    cfg.write_text(text)
+    out = tmp_path / "m.pt"
+    assert main(["meta-train", "--data", str(data), "--model", "mlp", "--target", "y",
+                 "--features", "x1,x2", "--config", str(cfg), "--out", str(out),
+                 "--no-progress"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert message in err and len(err.splitlines()) == 1 and not out.exists()
+
+
 @pytest.mark.parametrize("kind", ["adam", "sgd"])
 def test_outer_update_matches_torch_optim_with_clipping_and_cosine(kind):
     from matmeta.meta._train import outer_init, outer_update
