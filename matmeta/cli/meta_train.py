@@ -244,7 +244,7 @@ def run(args: argparse.Namespace) -> int:
 
     import torch
 
-    from matmeta.cli.common import setup_runtime
+    from matmeta.cli.common import check_outputs, setup_runtime
     from matmeta.errors import InputError
     from matmeta.meta import (
         MetaSettings,
@@ -259,6 +259,8 @@ def run(args: argparse.Namespace) -> int:
     opts, model_cfg, feat_cfg = _settings(args)
     device = setup_runtime(args)
     out = Path(args.out)
+    check_outputs([out, opts["prior"]],
+                  [Path(opts["plot"]) if opts["plot"] else out.with_suffix(".png")])
     if out.exists() and not (args.resume or args.overwrite):
         raise InputError(f"--out {out} exists; pass --resume to continue it or --overwrite")
     kind = "cgcnn" if args.model == "gnn" else args.model
