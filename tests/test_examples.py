@@ -72,3 +72,20 @@ def test_demo_quick_writes_a_report(tmp_path):
                     & (src["temperature_K"] == fit["temperature_K"])]["t_half_s_published"]
     assert abs(fit["t_half_s"] / published.iloc[0] - 1) < 0.10
     assert len(pd.read_csv(demo / "jmak_prior" / "report" / "influence.csv")) == 3
+
+
+def test_demo_reruns_in_its_own_folder_and_refuses_a_users(tmp_path):
+    """A second demo writes over the first's files (its sub-commands replace their own earlier
+    outputs); a folder of the user's is refused before any stage runs, its files untouched."""
+    from matmeta.cli.main import main
+
+    demo = tmp_path / "demo"
+    argv = ["demo", "--quick", "--quiet", "--stages", "kinetics,gnn", "--device", "cpu"]
+    for _ in range(2):
+        assert main([*argv, "--out", str(demo)]) == 0
+    assert len(pd.read_csv(demo / "gnn" / "predictions.csv")) == 7
+    mine = tmp_path / "mine"
+    mine.mkdir()
+    (mine / "report.md").write_text("my notes")
+    assert main([*argv, "--out", str(mine)]) == 2
+    assert (mine / "report.md").read_text() == "my notes" and len(list(mine.iterdir())) == 1

@@ -28,6 +28,10 @@ process columns (e.g. the test temperature, in the training table's units) and t
 (units in its name); or a structure column and the target for graph models. Elements the model
 never saw are allowed (a warning; the element descriptors describe them).
 
+--out is a new or empty folder. An earlier `matmeta adapt` folder is replaced (whole, once the new
+one is complete) only with --overwrite, and only if it holds nothing but the files matmeta wrote
+there; a folder with any other file is refused and left as it was.
+
 Then rank candidates: matmeta predict --model adapted/ --candidates candidates.csv --out screen/
 
 example:
@@ -43,6 +47,9 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--support", required=True, metavar="CSV",
                    help="the new family's measurements (inputs and target columns)")
     p.add_argument("--out", required=True, metavar="FOLDER", help="result folder to write")
+    p.add_argument("--overwrite", action="store_true",
+                   help="replace an earlier `matmeta adapt` folder at --out (never a folder "
+                        "holding other files)")
     p.add_argument("--steps", type=int, default=None,
                    help="inner gradient steps [default: the checkpoint's evaluation steps]")
     p.add_argument("--evaluation", default=None, metavar="CSV",
@@ -63,11 +70,14 @@ def run(args: argparse.Namespace) -> int:
 
     from matmeta.cli.common import setup_runtime
     from matmeta.workflows._adapt import adapt
+    from matmeta.workflows._report import check_result_folder
 
     device = setup_runtime(args)
+    # refuse an --out that would not be replaced before adapting, not after
+    check_result_folder(args.out, overwrite=args.overwrite)
     adapted = adapt(args.model, args.support, steps=args.steps, device=device,
                     loo=not args.no_loo, shrinkage=args.shrinkage, evaluation=args.evaluation)
-    adapted.save(args.out, plots=not args.no_plots)
+    adapted.save(args.out, plots=not args.no_plots, overwrite=args.overwrite)
     k = len(adapted.support)
     line = f"adapted {adapted.model.name}"
     line += f" (ensemble of {adapted.members})" if adapted.is_ensemble else ""

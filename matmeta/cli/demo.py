@@ -17,6 +17,14 @@ table, figure and checkpoint under --out and a report.md that links them:
                 purpose), checked against exact leave-one-out
   4. gnn        a CGCNN trained on EMT-generated binary alloys (log10 bulk modulus, GPa),
                 predicting the fcc elemental metals
+  5. alloys     a composition model meta-trained across alloy systems, adapted to a new one
+                (Au-Cu) from a few measurements; candidates ranked with intervals, and what
+                to measure next
+  6. jmak-prior a held-out series from three points under the prior learned in stage 2: MAP
+                fit with its report, and which time to measure next
+
+The --out folder is the demo's own: a re-run replaces the files it wrote there, and a folder
+that is not an earlier demo's is refused.
 
 Every step is a real `matmeta` command, printed so you can copy and change it.
 

@@ -21,15 +21,25 @@ harm_rank 1 = most harmful).
 
 Estimators: unrolled (derivative through the inner loop as run; default), implicit (inverse
 Hessian at the adapted optimum; needs a converged inner loop), tracin (gradient products along
-the inner-loop trajectory), loo (exact leave-one-out re-adaptation).
+the inner-loop trajectory), loo (exact leave-one-out re-adaptation), exact_closed_form (a
+bayes_linear or gp head's refit-free leave-one-out; the default for such checkpoints). An
+ensemble checkpoint: explain one member's adaptation with --member K.
+
+Checks: a warning when the adapted model does not fit its own support (support RMSE against
+the spread of the support targets); scores within 1e-6 of a target's scale are noise, and no
+sample is then named most harmful or helpful; the leave-one-out correlation is reported as
+undefined (with the reason) when estimates or leave-one-out values have fewer than 3 distinct
+values or are all noise.
 
 Tables: kinetics models read a time column (time_s, time_min or time_h; converted to seconds)
 and fraction (temperature_K > 0 for Arrhenius models), with the checks of matmeta jmak fit;
-MLP models the feature columns and target the meta checkpoint names; graph models a structure
-column and the target. A query without the target column has unknown labels (use --target
-prediction). A sample identifier comes from a column id, sample, mp_id, material_id or name,
-else the row number. Row numbers in messages and ids are line numbers in a CSV file (header =
-line 1), record numbers in JSON.
+composition and MLP models read the columns they were meta-trained with, as matmeta adapt
+reads them (composition column, process columns, target; or the feature columns); graph
+models a structure column and the target. A query without the target column has unknown
+labels (use --target prediction). A sample identifier comes from a column id, sample, mp_id,
+material_id or name, else the row number (with the composition, for composition tables). Row
+numbers in messages and ids are line numbers in a CSV file (header = line 1), record numbers in
+JSON.
 
 Example:
   matmeta explain --model meta.pt --support support.csv --query query.csv --check-loo \\
@@ -37,6 +47,7 @@ Example:
 """
 
 ID_COLUMNS = ("id", "sample", "mp_id", "material_id", "name")
+HEAD_ALGORITHMS = ("bayes_linear", "gp")  # adapted by a closed-form head fit
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
@@ -49,9 +60,12 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--support", required=True, help="support table (.csv/.json, .gz allowed)")
     p.add_argument("--query", default=None, help="query table (needed for query_loss and "
                                                  "prediction targets)")
-    p.add_argument("--estimator", default="unrolled",
-                   choices=("unrolled", "implicit", "tracin", "loo"),
-                   help="how influence is estimated [default: unrolled]")
+    p.add_argument("--estimator", default=None,
+                   choices=("unrolled", "implicit", "tracin", "loo", "exact_closed_form"),
+                   help="how influence is estimated [default: unrolled; exact_closed_form for "
+                        "a bayes_linear or gp head]")
+    p.add_argument("--member", type=int, default=None, metavar="K",
+                   help="ensemble checkpoints: explain member K's adaptation (0 = the first)")
     p.add_argument("--target", action="append", default=None,
                    help="query_loss, prediction, params, param:NAME or a physical quantity "
                         "(n, k, t_half); repeat or comma-separate for several [default: "
@@ -145,55 +159,100 @@ def _need(df: Any, cols: list[str], path: str, what: str) -> None:
                          f"(have {', '.join(map(str, df.columns))})")
 
 
+def _data_spec(ckpt: dict, kind: str) -> dict[str, Any]:
+    """How the checkpoint's training table was read (``extra["data_spec"]``, written by
+    ``matmeta meta-train``); older checkpoints: rebuilt from their recorded options."""
+    from matmeta.errors import CheckpointError
+
+    extra = ckpt.get("extra") or {}
+    if extra.get("data_spec"):
+        return dict(extra["data_spec"])
+    if kind == "composition":  # its process encoding lives only in the data spec
+        raise CheckpointError("the composition checkpoint records no data spec (how its table "
+                              "was read); meta-train it again with `matmeta meta-train`")
+    opts = (extra.get("data") or {}).get("options", {}) or {}
+    feats = opts.get("features")
+    if isinstance(feats, str):
+        feats = [f for f in feats.split(",") if f]
+    return {"kind": kind, "target": opts.get("target"), "features": feats,
+            "structure_column": opts.get("structure_column"),
+            "featurizer": extra.get("featurizer")}
+
+
 def _samples(df: Any, path: str, kind: str, ckpt: dict, args: argparse.Namespace,
-             labelled: bool):
-    """Table -> Samples in the model's input and target space; y NaN where labels are absent."""
-    import numpy as np
+             labelled: bool, model: Any = None, what: str = "--support"):
+    """Table -> Samples in the model's input and target space; y NaN where labels are absent.
+
+    Composition and MLP tables are read as ``matmeta adapt`` reads them (the checkpoint's data
+    spec, :func:`matmeta.meta._data.read_rows` and ``encode_rows``); one sample per row of
+    ``df`` (the same file, read plainly for row numbers and identifiers)."""
     import torch
 
     from matmeta.errors import InputError
     from matmeta.models import Samples
 
-    opts = (ckpt.get("extra", {}).get("data") or {}).get("options", {}) or {}
-    target = opts.get("target")
     if kind in ("jmak", "arrhenius_jmak"):
         inputs, y = _kinetics(df, path, kind, args, labelled)
         return Samples(inputs, y)
-    if kind == "mlp":
-        feats = opts.get("features")
-        if isinstance(feats, str):
-            feats = [f for f in feats.split(",") if f]
-        if not feats:
-            raise InputError("the checkpoint does not record the MLP's feature columns")
-        _need(df, list(feats), path, kind)
-        inputs = torch.as_tensor(np.stack([pd_numeric(df, c, path) for c in feats], 1))
-        tcol = target
+    spec = _data_spec(ckpt, kind)
+    tcol = spec.get("target")
+    if spec.get("kind") == "composition" or kind == "mlp":
+        from matmeta.meta._data import encode_rows, read_rows
+
+        if kind == "mlp" and not spec.get("features"):
+            raise InputError(f"{args.model}: the checkpoint does not record the MLP's feature "
+                             "columns (meta-train it again with this version)")
+        table = read_rows(path, spec, with_target=labelled, what=what)
+        if len(table) != len(df):  # the readers keep every row or refuse the table
+            raise InputError(f"{path}: read {len(table)} of {len(df)} rows")
+        inputs, y = encode_rows(table, spec, model, with_target=labelled,
+                                dtype=torch.float64)
     else:
         from matmeta.graphs import FeaturizerSettings, collate, structure_to_graph
         from matmeta.io._tables import read_structure_table
 
-        scol = opts.get("structure_column") or "structure"
+        scol = spec.get("structure_column") or "structure"
         if scol not in df.columns:
             scol = next((c for c in ("structure", "cif", "atoms") if c in df.columns), scol)
         _need(df, [scol], path, kind)
-        feat = FeaturizerSettings.from_dict(ckpt.get("extra", {}).get("featurizer") or {})
+        feat = FeaturizerSettings.from_dict(spec.get("featurizer")
+                                            or ckpt.get("extra", {}).get("featurizer") or {})
         # (indexed by row number by _read_table: its messages name the file's rows)
         table = read_structure_table(df, structure_column=scol)
         graphs = [structure_to_graph(s, settings=feat) for s in table["structure"]]
         inputs = collate(graphs, feat, dtype=torch.float64)
-        tcol = target
-    if labelled and tcol is not None and tcol in df.columns:
-        y = torch.as_tensor(pd_numeric(df, tcol, path), dtype=torch.float64)
+        y = None
+        if labelled and tcol is not None and tcol in df.columns:
+            y = torch.as_tensor(pd_numeric(df, tcol, path), dtype=torch.float64)
+        elif labelled:
+            raise InputError(f"{path}: missing target column {tcol!r} (the support set needs "
+                             "labels)")
+    if y is not None:
         tt = ckpt.get("extra", {}).get("target_transform")
         if tt:
             from matmeta.models._transforms import TargetTransform
 
             y = TargetTransform.from_dict(tt).forward(y).double()
-    elif labelled:
-        raise InputError(f"{path}: missing target column {tcol!r} (the support set needs labels)")
     else:
         y = torch.full((len(df),), float("nan"), dtype=torch.float64)
     return Samples(inputs, y)
+
+
+def _target_column(ckpt: dict, kind: str, args: argparse.Namespace) -> str | None:
+    if kind in ("jmak", "arrhenius_jmak"):
+        return args.fraction_column
+    return _data_spec(ckpt, kind).get("target")
+
+
+def _sample_ids(df: Any, ckpt: dict, kind: str) -> list[str]:
+    """Sample names: an id column of the file, else the row number with the composition."""
+    ids = _ids(df)
+    if kind in ("jmak", "arrhenius_jmak"):
+        return ids
+    col = _data_spec(ckpt, kind).get("composition_column") or "composition"
+    if any(c in df.columns for c in ID_COLUMNS) or col not in df.columns:
+        return ids
+    return [f"{i} ({str(c).strip()})" for i, c in zip(ids, df[col], strict=True)]
 
 
 def _kinetics(df: Any, path: str, kind: str, args: argparse.Namespace, labelled: bool):
@@ -251,21 +310,39 @@ def pd_numeric(df: Any, col: str, path: str):
 
 
 def load_adaptation(path: str, args: argparse.Namespace):
-    """Model, initial params, inner settings and the raw checkpoint from a meta/model file."""
+    """Model, initial params, inner settings and the raw checkpoint from a meta/model file (or
+    one member of an ensemble checkpoint, ``--member``)."""
     from matmeta.checkpoint import load_checkpoint
     from matmeta.errors import CheckpointError, InputError
     from matmeta.models._registry import build_model
 
-    ckpt = load_checkpoint(path, kind=("meta", "model"))
+    member = getattr(args, "member", None)
+    ckpt = load_checkpoint(path, kind=("meta", "model", "ensemble"))
     try:
         model = build_model(ckpt["model_name"], ckpt["model_config"])
         params = dict(ckpt["params"])
     except KeyError as exc:
         raise CheckpointError(f"{path}: checkpoint lacks {exc}") from exc
-    if ckpt["matmeta_kind"] == "meta":
+    if ckpt["matmeta_kind"] == "ensemble":
+        params, rec = _ensemble_member(path, ckpt, model, member)
+    elif member is not None:
+        raise InputError(f"--member {member}: {path} is a single {ckpt['matmeta_kind']} "
+                         "checkpoint, not an ensemble; leave --member out")
+    else:
         rec = dict(ckpt.get("inner") or {})
-        inner = {k: rec.get(k) for k in ("steps", "lr", "per_param_lr", "trainable", "proximal")
+    if ckpt["matmeta_kind"] in ("meta", "ensemble"):
+        inner = {k: rec.get(k) for k in ("steps", "lr", "per_param_lr", "trainable", "proximal",
+                                         "algorithm", "kernel")
                  if rec.get(k) is not None}
+        if inner.get("algorithm") in HEAD_ALGORITHMS:
+            # a closed-form head is fitted from the meta-parameters, its hyperparameters included
+            params = dict(ckpt.get("meta_params") or params)
+            if ckpt["matmeta_kind"] == "ensemble":
+                raise InputError(f"{path}: an ensemble of closed-form {inner['algorithm']} heads "
+                                 "is not supported (as in matmeta adapt)")
+        else:
+            inner.pop("algorithm", None)
+            inner.pop("kernel", None)
     else:
         inner = {}
         if args.inner_steps is None or args.inner_lr is None:
@@ -279,6 +356,28 @@ def load_adaptation(path: str, args: argparse.Namespace):
     return model, params, inner, ckpt, kind
 
 
+def _ensemble_member(path: str, ckpt: dict, model: Any, member: int | None):
+    """Member ``member``'s initial parameters and inner-loop record, as ``matmeta adapt``
+    adapts each member (the ensemble's settings, the member's own Meta-SGD rates)."""
+    from matmeta.errors import CheckpointError, InputError
+    from matmeta.meta._algorithms import MetaSettings, model_params
+    from matmeta.meta._train import inner_record
+
+    try:
+        stacked = dict(ckpt["meta_params"])
+        settings = MetaSettings.from_dict(ckpt["meta_settings"]).resolve(model)
+    except KeyError as exc:
+        raise CheckpointError(f"{path}: ensemble checkpoint lacks {exc}") from exc
+    size = int(next(iter(stacked.values())).shape[0])
+    if member is None:
+        raise InputError(f"{path}: an ensemble of {size} meta-learned models; influence explains "
+                         f"one adaptation: pick a member with --member K (0 to {size - 1})")
+    if not 0 <= member < size:
+        raise InputError(f"--member {member}: {path} has members 0 to {size - 1}")
+    meta = {k: v[member] for k, v in stacked.items()}
+    return model_params(meta), inner_record(settings, meta)
+
+
 def run(args: argparse.Namespace) -> int:
     import numpy as np
     import torch
@@ -290,26 +389,30 @@ def run(args: argparse.Namespace) -> int:
     device = setup_runtime(args)
     model, params, inner, ckpt, kind = load_adaptation(args.model, args)
     sup_df = _read_table(args.support)
-    support = _samples(sup_df, args.support, kind, ckpt, args, labelled=True)
+    support = _samples(sup_df, args.support, kind, ckpt, args, labelled=True, model=model,
+                       what="--support")
     query, query_ids, labelled_query = None, None, False
     if args.query:
         q_df = _read_table(args.query)
-        opts = (ckpt.get("extra", {}).get("data") or {}).get("options", {}) or {}
-        tcol = args.fraction_column if kind in ("jmak", "arrhenius_jmak") else opts.get("target")
+        tcol = _target_column(ckpt, kind, args)
         labelled_query = tcol is not None and tcol in q_df.columns
-        query = _samples(q_df, args.query, kind, ckpt, args, labelled=labelled_query)
-        query_ids = _ids(q_df)
+        query = _samples(q_df, args.query, kind, ckpt, args, labelled=labelled_query,
+                         model=model, what="--query")
+        query_ids = _sample_ids(q_df, ckpt, kind)
     targets = [t.strip() for item in (args.target or []) for t in item.split(",") if t.strip()]
     if not targets:
         if query is None:
             raise InputError("no --query given: name a target that needs none (--target params "
                              "or a physical quantity such as n)")
         targets = ["query_loss"] if labelled_query else ["prediction"]
+    estimator = args.estimator or ("exact_closed_form" if inner.get("algorithm")
+                                   in HEAD_ALGORITHMS else "unrolled")
     options: dict[str, Any] = {}
-    if args.estimator == "implicit" and args.damping is not None:
+    if estimator == "implicit" and args.damping is not None:
         options["damping"] = args.damping
     df = explain(model, params, support, query, inner=inner, targets=targets,
-                 estimator=args.estimator, check_loo=args.check_loo, ids=_ids(sup_df),
+                 estimator=estimator, check_loo=args.check_loo,
+                 ids=_sample_ids(sup_df, ckpt, kind),
                  query_ids=query_ids, device=device,
                  progress=False if args.no_progress else None, **options)
     import io
@@ -342,13 +445,15 @@ def run(args: argparse.Namespace) -> int:
                              query_time_s=qt, query_fraction=qy, path=args.curve_plot)
     if args.json:
         # a list, one object per sample; the agreement figures (one per target, shared by
-        # all samples) ride along in every object so the output stays a plain list
+        # all samples; NaN -> null with the reason in agreement_note) ride along in every
+        # object so the output stays a plain list
         rows = df.to_dict(orient="records")
         for row in rows:
             row["estimator"] = df.attrs["estimator"]
             for target, figs in df.attrs["agreement"].items():
                 row[f"spearman:{target}"] = figs["spearman"]
                 row[f"pearson:{target}"] = figs["pearson"]
+                row[f"agreement_note:{target}"] = figs.get("reason")
         print(dumps_json(rows))
     else:
         print(df.attrs["summary"])

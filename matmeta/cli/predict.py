@@ -28,7 +28,13 @@ std and a central 90% interval (<target>_low90, <target>_high90), the meta-learn
 model's prediction, rank for --goal, and the nearest training family with its distance
 (total-variation distance between atomic fractions, 0 = same composition, 1 = no element in
 common). Ranking uses the predicted mean; the interval is shown beside it. --out FOLDER writes
-ranked.csv, ranked.png and report.md (published whole); --out FILE.csv writes the CSV only.
+ranked.csv, ranked.png and report.md (published whole); --out FILE.csv writes the CSV only. An
+earlier result folder is replaced only with --overwrite, and never when it holds files matmeta
+did not write there.
+
+Elements absent from the model's training data (for an adapted model: from its meta-training
+families) get one warning naming them and counting the candidates that hold them: their
+predictions are extrapolations.
 
 Examples:
   matmeta predict --model model.pt candidates/ extra.cif --out preds.csv
@@ -65,6 +71,8 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--out", metavar="FILE", default=None,
                    help="write predictions here (CSV, or JSON with --json) [default: stdout]")
     p.add_argument("--json", action="store_true", help="write JSON records instead of CSV")
+    p.add_argument("--overwrite", action="store_true",
+                   help="adapted models: replace an earlier result folder at --out FOLDER")
     p.add_argument("--cutoff", type=float, default=None,
                    help="expected cutoff in angstrom: refuse a model trained with another")
     p.add_argument("--max-neighbors", type=int, default=None,
@@ -101,6 +109,8 @@ def run(args: argparse.Namespace) -> int:
         raise InputError("give structure files/folders or --table, not both")
     if not args.table and not args.structures:
         raise InputError("no structures: give structure files or folders, or --table TABLE")
+    if args.out:
+        _refuse_input_as_output(args.out, [args.model, args.table, *args.structures])
     from matmeta.training import load_predictor
 
     predictor = load_predictor(args.model, map_location=device)
@@ -174,10 +184,16 @@ def _run_adapted(args: argparse.Namespace, device) -> int:
             and folder.resolve() == Path(args.model).resolve():
         raise InputError(f"--out {out} is the adapted model's own folder: writing there would "
                          "replace the model; choose another --out")
+    if folder is not None:
+        from matmeta.workflows._report import check_result_folder
+
+        check_result_folder(folder, overwrite=args.overwrite)
+    elif out is not None:
+        _refuse_input_as_output(out, [candidates])
     adapted = load_adapted(args.model, map_location=device)
     ranked = screen(adapted, candidates, folder, goal=goal, uncertainty=args.uncertainty,
                     top=args.top, workers=args.workers, cache_dir=args.cache_dir,
-                    progress=not args.quiet)
+                    progress=not args.quiet, overwrite=args.overwrite)
     if args.json:
         from matmeta.checkpoint import dumps_json
 
@@ -196,3 +212,18 @@ def _run_adapted(args: argparse.Namespace, device) -> int:
         print(f"ranked {len(ranked)} candidate(s) for {adapted.target} (goal {goal}); best "
               f"{best['id']} at {best[adapted.target]:.4g}; wrote {out}", file=sys.stderr)
     return 0
+
+
+def _refuse_input_as_output(out, inputs) -> None:
+    """--out naming one of the command's own input files would replace it with predictions."""
+    from pathlib import Path
+
+    from matmeta.errors import InputError
+
+    dest = Path(out)
+    if not dest.is_file():
+        return
+    for given in inputs:
+        if given is not None and Path(given).is_file() and dest.samefile(given):
+            raise InputError(f"--out {out} is an input of this command ({given}): writing "
+                             "there would replace it; choose another --out")

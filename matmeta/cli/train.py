@@ -21,6 +21,10 @@ dicts or paths to structure files) and a target column, or a dataset shipped wit
 (for moduli and other positive quantities spanning orders of magnitude). Metrics (MAE, RMSE,
 R^2) are printed in the target's units and, with --log-target, in log10 units.
 
+The checkpoint records the elements of the training split: `matmeta predict` warns about
+structures holding any other element (their predictions are extrapolations). An existing
+checkpoint, plot or metrics file is replaced only with --overwrite.
+
 Example:
   matmeta train --builtin dcdft_elements --target bulk_modulus_GPa --log-target \\
       --epochs 100 --out dcdft.pt
@@ -102,6 +106,9 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     out.add_argument("--no-plots", action="store_true", help="write no figures")
     out.add_argument("--metrics", metavar="JSON", default=None,
                      help="also write the metrics as JSON")
+    out.add_argument("--overwrite", action="store_true",
+                     help="replace an existing checkpoint, plots or metrics file instead of "
+                          "refusing")
     out.add_argument("--quiet", action="store_true", help="no progress bars")
     add_runtime_options(p)
     p.set_defaults(func=run)
@@ -125,6 +132,7 @@ def run(args: argparse.Namespace) -> int:
     out = Path(args.out)
     if out.suffix == "":
         raise InputError(f"--out {out}: expected a checkpoint file name such as model.pt")
+    _check_outputs(args, out)
     if args.builtin:
         df = load_builtin(args.builtin)
         target = args.target or "bulk_modulus_GPa"
@@ -185,9 +193,7 @@ def run(args: argparse.Namespace) -> int:
     if not args.no_plots:
         from matmeta.plots._training import loss_curves_plot, parity_plot
 
-        stem = out.with_suffix("")
-        parity = Path(args.plot) if args.plot else Path(f"{stem}_parity.png")
-        curves = Path(args.loss_plot) if args.loss_plot else Path(f"{stem}_loss.png")
+        parity, curves = _plot_paths(args, out)
         parity_plot(result.predictions, target=target, log=args.log_target,
                     metrics=result.metrics, path=parity)
         loss_curves_plot(result.history, loss=args.loss, best_epoch=result.best_epoch,
@@ -200,3 +206,39 @@ def run(args: argparse.Namespace) -> int:
                                                     "best_epoch": result.best_epoch}))
         print(f"wrote {args.metrics}")
     return 0
+
+
+def _plot_paths(args: argparse.Namespace, out: Path) -> tuple[Path, Path]:
+    stem = out.with_suffix("")
+    return (Path(args.plot) if args.plot else Path(f"{stem}_parity.png"),
+            Path(args.loss_plot) if args.loss_plot else Path(f"{stem}_loss.png"))
+
+
+def _check_outputs(args: argparse.Namespace, out: Path) -> None:
+    """Refuse, before any training, outputs that would replace a file: an input always, any
+    other existing file unless --overwrite (as `matmeta meta-train` does)."""
+    from matmeta.errors import InputError
+
+    paths = [("--out", out)]
+    if not args.no_plots:
+        parity, curves = _plot_paths(args, out)
+        paths += [("--plot", parity), ("--loss-plot", curves)]
+    if args.metrics:
+        paths.append(("--metrics", Path(args.metrics)))
+    named: dict[Path, str] = {}
+    for flag, path in paths:
+        if path.is_dir():
+            raise InputError(f"{flag} {path}: is a folder; expected a file name to write")
+        key = path.resolve()
+        if key in named:
+            raise InputError(f"{flag} {path}: also written as {named[key]}; give each output "
+                             "its own file")
+        named[key] = flag
+        if not path.exists():
+            continue
+        if args.data and Path(args.data).exists() and path.samefile(args.data):
+            raise InputError(f"{flag} {path} is the training table (--data): writing there "
+                             "would replace it; choose another name")
+        if not args.overwrite:
+            raise InputError(f"{flag} {path} exists; pass --overwrite to replace it, or choose "
+                             "another name")

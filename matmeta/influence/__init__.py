@@ -25,6 +25,7 @@ from matmeta.influence._estimators import (
 )
 from matmeta.influence._explain import (
     DuplicateSampleWarning,
+    PoorFitWarning,
     agreement,
     explain,
     explain_request,
@@ -46,6 +47,7 @@ __all__ = [
     "InfluenceRequest",
     "InfluenceScores",
     "loo_influence",
+    "PoorFitWarning",
     "SIGN_CONVENTION",
     "tracin_influence",
     "unrolled_influence",

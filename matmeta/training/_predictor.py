@@ -25,8 +25,8 @@ from matmeta.models._protocol import FunctionalModel, Params
 from matmeta.models._registry import load_model, save_model
 from matmeta.models._transforms import TargetTransform
 
-__all__ = ["PropertyPredictor", "check_graphs", "load_predictor", "predict_graphs_batched",
-           "predict_structures"]
+__all__ = ["PropertyPredictor", "check_graphs", "graph_elements", "load_predictor",
+           "predict_graphs_batched", "predict_structures", "warn_unseen_elements"]
 
 
 @dataclass
@@ -46,6 +46,9 @@ class PropertyPredictor:
         target: the target's name (the column the predictions are written to).
         metrics: training metrics (split -> metric -> value), stored in the checkpoint.
         info: other plain data kept in the checkpoint (history, training settings).
+        elements: the element symbols of the training split, sorted; a structure holding any
+            other element is predicted with a warning (:func:`warn_unseen_elements`). None for
+            checkpoints from before they were recorded: no warning.
     """
 
     model: FunctionalModel
@@ -55,6 +58,7 @@ class PropertyPredictor:
     target: str = "target"
     metrics: dict[str, Any] = field(default_factory=dict)
     info: dict[str, Any] = field(default_factory=dict)
+    elements: tuple[str, ...] | None = None
 
     def forward(self, params: Params, batch: GraphBatch) -> Tensor:
         """Pure forward in the target's units: ``transform.inverse(model.forward(...))``."""
@@ -75,11 +79,24 @@ class PropertyPredictor:
             units: return the target's units (default) or the model's transformed space.
         """
         check_graphs(graphs, self.settings)
+        self.warn_unseen_elements(graphs)
         raw = predict_graphs_batched(self.model, self.params, graphs, self.settings,
                                      batch_size=batch_size, device=device)
         if units:
             raw = self.transform.inverse(raw)
         return raw.double().numpy()
+
+    def warn_unseen_elements(self, graphs: Sequence) -> list[str]:
+        """Warn once when graphs hold elements outside :attr:`elements`; return those elements.
+
+        Example:
+            >>> pred.warn_unseen_elements(graphs)      # ['He', 'Ne'] and one warning line
+        """
+        if self.elements is None:
+            return []
+        names = [getattr(g, "source", None) or f"graph {i}" for i, g in enumerate(graphs)]
+        return warn_unseen_elements([graph_elements(g) for g in graphs], self.elements,
+                                    names=names, what="structure(s)")
 
     def save(self, path: str | os.PathLike) -> Path:
         """Write the checkpoint atomically (loads with ``weights_only=True``)."""
@@ -91,6 +108,8 @@ class PropertyPredictor:
             "info": self.info,
             "matmeta_version": __version__,
         }
+        if self.elements is not None:
+            extra["train_elements"] = list(self.elements)
         return save_model(path, self.model, self.params, extra=extra, kind="model")
 
 
@@ -128,7 +147,62 @@ def load_predictor(path: str | os.PathLike, settings: FeaturizerSettings | None 
         transform=TargetTransform.from_dict(extra["target_transform"]),
         target=str(extra.get("target", "target")),
         metrics=dict(extra.get("metrics", {})), info=dict(extra.get("info", {})),
+        elements=(None if extra.get("train_elements") is None
+                  else tuple(str(e) for e in extra["train_elements"])),
     )
+
+
+def graph_elements(graph: Any) -> set[str]:
+    """The element symbols of one graph (its atomic numbers ``z``)."""
+    from pymatgen.core import Element
+
+    return {Element.from_Z(int(z)).symbol for z in torch.unique(torch.as_tensor(graph.z))}
+
+
+def warn_unseen_elements(rows: Sequence[set[str]], known: Sequence[str], *,
+                         names: Sequence[str] | None = None, what: str = "structure(s)",
+                         seen_in: str = "training") -> list[str]:
+    """One warning naming the elements of ``rows`` outside ``known`` and how many rows hold them.
+
+    A model has learned nothing about an element it never saw (a CGCNN's embedding of it is its
+    untrained initial value), so its predictions for such rows are extrapolations; the
+    composition models say the same for their inputs (:class:`UnknownElementWarning`).
+
+    Example:
+        >>> warn_unseen_elements([{"Cu"}, {"He"}], ["Al", "Cu"], names=["Cu.cif", "He.cif"])
+        ['He']          # warns: element(s) He never seen in training (seen: Al, Cu): 1 of 2 ...
+
+    Args:
+        rows: the element symbols of each row.
+        known: the elements seen in training.
+        names: what to call each row in the message (the first affected one is named).
+        what: how the rows are called in the message.
+        seen_in: what "training" was, for the message.
+
+    Returns:
+        The unseen elements, sorted by atomic number (empty: no warning).
+    """
+    import warnings
+
+    from pymatgen.core import Element
+
+    from matmeta.models._composition import UnknownElementWarning
+
+    known = set(known)
+    hit = [i for i, els in enumerate(rows) if not els <= known]
+    if not hit:
+        return []
+
+    def by_z(els: set[str]) -> list[str]:
+        return sorted(els, key=lambda e: Element(e).Z)
+
+    unseen = by_z({el for i in hit for el in rows[i] - known})
+    seen = ", ".join(by_z(known)) if len(known) <= 12 else f"{len(known)} elements"
+    first = f" (first: {names[hit[0]]})" if names is not None else ""
+    warnings.warn(f"element(s) {', '.join(unseen)} never seen in {seen_in} (seen: {seen}): "
+                  f"{len(hit)} of {len(rows)} {what} hold them{first}; their predictions are "
+                  "extrapolations", UnknownElementWarning, stacklevel=3)
+    return unseen
 
 
 @torch.no_grad()

@@ -24,7 +24,12 @@ from matmeta.graphs._settings import FeaturizerSettings
 from matmeta.models._protocol import FunctionalModel
 from matmeta.models._transforms import TargetTransform
 from matmeta.training._metrics import regression_metrics
-from matmeta.training._predictor import PropertyPredictor, check_graphs, predict_graphs_batched
+from matmeta.training._predictor import (
+    PropertyPredictor,
+    check_graphs,
+    graph_elements,
+    predict_graphs_batched,
+)
 from matmeta.training._split import split_indices
 
 __all__ = ["TrainSettings", "TrainResult", "describe_metrics", "train_property_model"]
@@ -296,8 +301,11 @@ def train_property_model(
         "split": split if splits is None else "given",
         "n_samples": {"train": len(tr), "val": len(va), "test": len(te)},
     }
+    # what the weights were fitted on: predict warns about structures with any other element
+    elements = tuple(sorted(set().union(*(graph_elements(graphs[i]) for i in tr))))
     predictor = PropertyPredictor(model=model, params=best_params, settings=settings,
-                                  transform=transform, target=target, metrics=metrics, info=info)
+                                  transform=transform, target=target, metrics=metrics, info=info,
+                                  elements=elements)
     return TrainResult(predictor=predictor, metrics=metrics, history=history,
                        splits={"train": tr, "val": va, "test": te}, best_epoch=best[1],
                        predictions=predictions)

@@ -192,6 +192,33 @@ class AdaptedModel:
             raise InputError(f"{what}: no usable rows")
         return df
 
+    def training_elements(self) -> set[str] | None:
+        """Graph models: the elements of the meta-training families (from the family index the
+        checkpoint carries); None for other models (they warn as they encode) or without an
+        index (checkpoints from before it was kept)."""
+        index = self.extra.get("family_index")
+        if self.spec.get("kind") != "cgcnn" or not index or index.get("kind") != "composition" \
+                or not index.get("centroids"):
+            return None
+        # the index spans the whole table's elements; a meta-training family's centroid is
+        # nonzero exactly on the elements its structures hold
+        held = (np.asarray(index["centroids"], dtype=float) > 0).any(0)
+        return {el for el, h in zip(index["elements"], held, strict=True) if h}
+
+    def warn_unseen_elements(self, df: pd.DataFrame, what: str = "candidates") -> list[str]:
+        """Graph models: one warning naming the rows' elements no meta-training family holds
+        (see :func:`matmeta.training.warn_unseen_elements`); returns them."""
+        known = self.training_elements()
+        if known is None or "structure" not in df.columns:
+            return []
+        from matmeta.training._predictor import warn_unseen_elements
+        from matmeta.workflows._screen import row_fractions
+
+        names = df["id"].astype(str).tolist() if "id" in df.columns else None
+        return warn_unseen_elements([set(f) for f in row_fractions(df)], sorted(known),
+                                    names=names, what=f"rows of {what}",
+                                    seen_in="the meta-training families")
+
     def predict(self, candidates: Any, goal: str | float | None = None,
                 what: str = "candidates", *, workers: int = 1,
                 cache_dir: str | os.PathLike | None = None,
@@ -222,11 +249,16 @@ class AdaptedModel:
 
         Raises:
             InputError: no usable rows, compositions that do not parse, missing columns.
+
+        Warns:
+            UnknownElementWarning: candidates holding elements the model never saw in training
+                (graph models: no meta-training family held them), once, naming the elements.
         """
         from matmeta.workflows._screen import nearest_family, parse_goal, rank_for_goal
 
         goal = parse_goal(goal)
         df = self.read(candidates, with_target=False, what=what)
+        self.warn_unseen_elements(df, what)
         inputs, _ = self.encode(df, workers=workers, cache_dir=cache_dir, progress=progress)
         mean, std = self.predict_model_space(inputs)
         init, _ = self.predict_model_space(inputs, initial=True)
@@ -275,23 +307,32 @@ class AdaptedModel:
         }
 
     def save(self, folder: str | os.PathLike, *, evaluation: str | os.PathLike | None = None,
-             plots: bool = True) -> Path:
+             plots: bool = True, overwrite: bool = True) -> Path:
         """Write the result folder atomically (all of it or nothing).
 
         Example:
             >>> adapted.save("adapted/")       # adapted.pt, support.csv, report.md, plots
 
         Args:
-            folder: the destination (replaced whole when it exists).
+            folder: the destination: a new or empty folder, or an earlier matmeta result that
+                holds only the files matmeta wrote there (replaced whole, with ``overwrite``).
+                A folder holding anything else is refused, never emptied
+                (:func:`~matmeta.workflows._report.check_result_folder`).
             evaluation: a CSV from ``matmeta evaluate`` whose table the report quotes.
             plots: draw the parity and meta-initial plots.
+            overwrite: replace an earlier matmeta result at ``folder`` (``matmeta adapt`` asks
+                for ``--overwrite``).
+
+        Raises:
+            InputError: ``folder`` is a file, holds files matmeta did not write, or is an
+                earlier result without ``overwrite``.
         """
         from matmeta.checkpoint import save_checkpoint
         from matmeta.workflows._report import result_folder
 
         eval_table = (_read_evaluation(evaluation) if evaluation is not None
                       else self.evaluation)
-        with result_folder(folder) as tmp:
+        with result_folder(folder, overwrite=overwrite) as tmp:
             save_checkpoint(tmp / CHECKPOINT, self.state(), kind="adapted")
             support = self.support.drop(columns=[c for c in ("fractions", "structure")
                                                  if c in self.support.columns])
@@ -473,6 +514,7 @@ def adapt(model: Any, support: Any, *, steps: int | None = None,
                                  "family_index", "families", "units", "data")},
                              "source": src["source"]})
     df = shell.read(support, with_target=True, what="--support")
+    shell.warn_unseen_elements(df, "--support")
     shell.extra["support_source"] = str(df.attrs.get("report", {}).get("source")
                                         or df.attrs.get("source") or "<DataFrame>")
     inputs, y = shell.encode(df, with_target=True)

@@ -42,6 +42,8 @@ from matmeta.io import builtin_path
 __all__ = ["run_demo", "DEMO_STAGES"]
 
 DEMO_STAGES = ("kinetics", "meta-jmak", "explain", "gnn", "alloys", "jmak-prior")
+# marks a demo's own --out folder: a later demo may write there again
+DEMO_MARKER = ".matmeta-demo"
 KINETICS = "avrami_reconstructed_curves"
 ALLOYS = "emt_binary_alloys"
 NEW_SYSTEM = "Au-Cu"
@@ -106,7 +108,7 @@ def _stage_meta_jmak(log: _Log, device: str, quick: bool) -> None:
              "--inner-steps", "5", "--inner-lr", "0.1", "--outer-lr", "0.03",
              "--val-every", "20", "--checkpoint-every", "50", "--no-progress",
              "--out", str(d / "meta.pt"), "--plot", str(d / "meta_history.png"),
-             "--prior", str(d / "prior.json"), "--device", device])
+             "--prior", str(d / "prior.json"), "--overwrite", "--device", device])
     evaluate = log.run(["evaluate", "--data", str(_kinetics_csv()), "--model", "jmak",
                         "--family", "material", "--test-families", HELD_OUT,
                         "--shots", "2,3", "--steps", steps, "--repeats", "2" if quick else "5",
@@ -178,7 +180,7 @@ def _stage_gnn(log: _Log, device: str, quick: bool) -> None:
     log.run(["train", "--builtin", "emt_binary_alloys", "--target", "bulk_modulus_GPa",
              "--log-target", "--epochs", epochs, "--time-limit", "1.0" if quick else "2.0",
              "--hidden", "32", "--out", str(d / "model.pt"), "--plot", str(d / "parity.png"),
-             "--metrics", str(d / "metrics.json"), "--quiet", "--device", device])
+             "--metrics", str(d / "metrics.json"), "--quiet", "--overwrite", "--device", device])
     metrics = json.loads((d / "metrics.json").read_text())["metrics"]
     test, test_log = metrics["test"], metrics["test_transformed"]
     metals = ("Al", "Ni", "Cu", "Pd", "Ag", "Pt", "Au")
@@ -224,9 +226,9 @@ def _stage_alloys(log: _Log, device: str, quick: bool) -> None:
              "--steps", "40" if quick else "300", "--hidden", "16", "--val-every", "20",
              "--no-progress", "--overwrite", "--out", str(d / "meta.pt"), "--device", device])
     log.run(["adapt", "--model", str(d / "meta.pt"), "--support", str(d / "lab.csv"),
-             "--out", str(d / "adapted"), "--device", device])
+             "--out", str(d / "adapted"), "--overwrite", "--device", device])
     log.run(["predict", "--model", str(d / "adapted"), "--candidates", str(d / "candidates.csv"),
-             "--goal", "max", "--out", str(d / "screen"), "--device", device])
+             "--goal", "max", "--out", str(d / "screen"), "--overwrite", "--device", device])
     ranked = pd.read_csv(d / "screen" / "ranked.csv")          # best first
     t = "bulk_modulus_GPa"
     source = rest.iloc[ranked["row"].to_numpy() - 2]          # 'row': file row, header = 1
@@ -327,7 +329,8 @@ def run_demo(out: str | Path = "demo_output", *, device: str = "cpu", quick: boo
         >>> print(report.read_text()[:200])
 
     Args:
-        out: output folder (created; existing files from an earlier demo are replaced).
+        out: output folder (created; an earlier demo's files there are replaced; a folder
+            that is not an earlier demo's and holds anything is refused).
         device: ``cpu``, ``cuda`` or ``auto``.
         quick: fewer meta-steps and epochs (CI and examples use it).
         stages: which stages to run, in order (``explain`` needs ``meta-jmak``).
@@ -340,7 +343,15 @@ def run_demo(out: str | Path = "demo_output", *, device: str = "cpu", quick: boo
         if later in stages and "meta-jmak" not in stages:
             raise InputError(f"demo stage {later!r} needs 'meta-jmak' (it uses that model)")
     out = Path(out)
+    # a demo writes (and on a re-run replaces) its files in --out: never in a folder of the
+    # user's, which would lose any file of the same name
+    if out.exists() and (not out.is_dir() or (any(out.iterdir())
+                                              and not (out / DEMO_MARKER).is_file())):
+        raise InputError(f"{out}: exists and is not a matmeta demo folder; choose another --out "
+                         "(the demo replaces the files it writes there)")
     out.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(out / DEMO_MARKER, "written by matmeta demo: a new demo may replace the "
+                      "files it wrote here\n")
     log = _Log(out=out, quiet=quiet)
     start = time.perf_counter()
     runners = {

@@ -4,6 +4,12 @@ A workflow writes its CSV, plots and ``report.md`` into a staging folder beside 
 only when everything is written is the staging folder renamed into place. A failure (bad input
 found late, a killed process) leaves the destination as it was: nothing half-written.
 
+Nothing matmeta did not write is ever deleted: the published folder holds a ``.matmeta-result``
+marker listing the files the run wrote, and an existing destination is replaced only when it is
+empty, or is such a result holding nothing but those files (and the caller allows overwriting;
+the commands ask for ``--overwrite``). Any other folder is refused with a one-line error naming
+what it holds, before the work starts (:func:`check_result_folder`) and again before publishing.
+
 Example:
     >>> with result_folder("adapted/") as tmp:          # tmp: a staging Path
     ...     table.to_csv(tmp / "predictions.csv", index=False)
@@ -19,6 +25,7 @@ import contextlib
 import os
 import shutil
 import tempfile
+import warnings
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -27,10 +34,93 @@ import pandas as pd
 from matmeta.checkpoint import atomic_write_text
 from matmeta.errors import InputError
 
-__all__ = ["MARKER", "Report", "result_folder"]
+__all__ = ["MARKER", "Report", "check_result_folder", "result_folder"]
 
-# marks a folder as matmeta's own result: only such a folder (or an empty one) is replaced
+# Marks a folder as matmeta's own result and lists the files it wrote there: only such a folder
+# (or an empty one) is ever replaced, and only when it holds nothing else.
 MARKER = ".matmeta-result"
+_MARKER_HEAD = "written by matmeta: the folder may be replaced by a new run"
+_FILES_LINE = "files:"
+
+
+def _written_files(folder: Path) -> set[str] | None:
+    """The files (and, ending in ``/``, empty folders) a matmeta result folder records as its own
+    (None: no marker, or one from before markers listed their files)."""
+    try:
+        lines = (folder / MARKER).read_text(encoding="utf-8").splitlines()
+    except (OSError, UnicodeDecodeError):
+        return None
+    if _FILES_LINE not in lines:
+        return None
+    return {line for line in lines[lines.index(_FILES_LINE) + 1:] if line}
+
+
+def _contents(folder: Path) -> tuple[set[str], set[str]]:
+    """(files and links, folders) under ``folder``, as POSIX paths relative to it."""
+    files, dirs = set(), set()
+    for root, dirnames, filenames in os.walk(folder):
+        rel = Path(root).relative_to(folder)
+        for d in dirnames:
+            # a link to a folder is the user's: os.walk lists it here and does not follow it
+            (files if Path(root, d).is_symlink() else dirs).add((rel / d).as_posix())
+        files.update((rel / f).as_posix() for f in filenames)
+    return files, dirs
+
+
+def _foreign(folder: Path) -> list[str] | None:
+    """What in an existing ``folder`` matmeta did not write (sorted), or None when it holds no
+    record of what matmeta wrote."""
+    written = _written_files(folder)
+    if written is None:
+        return None
+    files, dirs = _contents(folder)
+    ours = {w.rstrip("/") for w in written} | {
+        p.as_posix() for w in written for p in Path(w).parents if p != Path(".")}
+    return sorted((files - written - {MARKER}) | (dirs - ours))
+
+
+def check_result_folder(out: str | os.PathLike, overwrite: bool = False) -> Path:
+    """Refuse a destination :func:`result_folder` would not replace; call it before long work.
+
+    Example:
+        >>> check_result_folder("adapted/", overwrite=args.overwrite)   # fails fast, writes nothing
+
+    A destination may be: missing; an empty folder; or, with ``overwrite``, a folder an earlier
+    matmeta run wrote that holds only the files that run wrote (its ``.matmeta-result`` marker
+    lists them). Anything else is refused, so a file matmeta did not write is never deleted.
+
+    Raises:
+        InputError: ``out`` is a file; a folder holding files matmeta did not write (the message
+            names them); an earlier result without ``overwrite``.
+    """
+    dest = Path(out)
+    if dest.name in ("", ".", ".."):
+        raise InputError(f"--out {out}: give the result folder a name of its own (e.g. "
+                         f"{dest / 'result'})")
+    if dest.is_symlink():
+        raise InputError(f"{dest}: is a link; give the folder itself, or choose another --out")
+    if dest.exists() and not dest.is_dir():
+        raise InputError(f"{dest}: exists and is not a folder; choose another --out")
+    if not dest.exists() or not any(dest.iterdir()):
+        return dest
+    if not (dest / MARKER).is_file():
+        raise InputError(f"{dest}: exists and was not written by matmeta; choose another --out "
+                         "(or remove the folder yourself)")
+    foreign = _foreign(dest)
+    if foreign is None:
+        raise InputError(f"{dest}: an earlier matmeta result that does not list the files it "
+                         "wrote, so yours cannot be told apart; choose another --out (or remove "
+                         "the folder yourself)")
+    if foreign:
+        shown = ", ".join(foreign[:3]) + (f" and {len(foreign) - 3} more" if len(foreign) > 3
+                                          else "")
+        it = "it" if len(foreign) == 1 else "them"
+        raise InputError(f"{dest}: holds {shown}, which matmeta did not write; nothing was "
+                         f"replaced: move {it} out, or choose another --out")
+    if not overwrite:
+        raise InputError(f"{dest}: already exists (an earlier matmeta result); pass --overwrite "
+                         "to replace it, or choose another --out")
+    return dest
 
 
 @contextlib.contextmanager
@@ -38,48 +128,55 @@ def result_folder(out: str | os.PathLike, overwrite: bool = True) -> Iterator[Pa
     """Stage a result folder and publish it atomically when the block ends without error.
 
     Example:
-        >>> with result_folder("screen/") as tmp:
+        >>> with result_folder("screen/", overwrite=True) as tmp:
         ...     (tmp / "ranked.csv").write_text("...")
 
     Args:
-        out: the destination folder. An existing folder is replaced only when the new one is
-            complete (``overwrite``), and only if it is empty or an earlier matmeta result (it
-            holds the ``.matmeta-result`` marker); any other folder or a file is an error.
-        overwrite: replace an existing destination folder (else an error naming it).
+        out: the destination folder. An existing folder is replaced, only once the new one is
+            complete, when it is empty, or (with ``overwrite``) an earlier matmeta result that
+            holds only the files it wrote; any other folder or a file is an error
+            (:func:`check_result_folder`, checked again before publishing).
+        overwrite: replace an earlier matmeta result (else an error naming it).
 
     Yields:
         The staging folder (on the same file system as ``out``, so the final rename is atomic).
 
     Raises:
-        InputError: ``out`` is a file, or exists and ``overwrite`` is false.
+        InputError: see :func:`check_result_folder`.
     """
-    dest = Path(out)
-    if dest.exists() and not dest.is_dir():
-        raise InputError(f"{dest}: exists and is not a folder; choose another --out")
-    if dest.exists() and not overwrite:
-        raise InputError(f"{dest}: already exists; remove it or allow overwriting")
-    if dest.exists() and any(dest.iterdir()) and not (dest / MARKER).is_file():
-        # only a folder matmeta wrote is ever replaced: a user's folder is never deleted
-        raise InputError(f"{dest}: exists and was not written by matmeta; choose another --out "
-                         "(or remove the folder yourself)")
+    dest = check_result_folder(out, overwrite)
     dest.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{dest.name}.", suffix=".partial", dir=dest.parent))
     try:
-        (tmp / MARKER).write_text("written by matmeta: the folder may be replaced by a new run\n")
         yield tmp
+        files, dirs = _contents(tmp)
+        empty = {d + "/" for d in dirs if not any((tmp / d).iterdir())}
+        # the marker lists what this run wrote: a later run replaces exactly that, nothing more
+        (tmp / MARKER).write_text("\n".join([_MARKER_HEAD, _FILES_LINE, *sorted(files | empty)])
+                                  + "\n", encoding="utf-8")
+        # the user may have added a file while the result was computed
+        check_result_folder(dest, overwrite)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
-    old = None
-    if dest.exists():
-        # Swap in two renames so a reader never sees a folder with half the files.
-        old = dest.with_name(f".{dest.name}.old-{os.getpid()}")
-        shutil.rmtree(old, ignore_errors=True)
-        os.replace(dest, old)
     os.chmod(tmp, 0o755)
+    if not dest.exists():
+        os.replace(tmp, dest)
+        return
+    # Swap in two renames so a reader never sees a folder with half the files; the earlier
+    # folder moves into a fresh folder of its own (no name there to clash), then is removed.
+    aside = Path(tempfile.mkdtemp(prefix=f".{dest.name}.", suffix=".old", dir=dest.parent))
+    old = aside / dest.name
+    os.replace(dest, old)
     os.replace(tmp, dest)
-    if old is not None:
-        shutil.rmtree(old, ignore_errors=True)
+    left = _foreign(old) if any(old.iterdir()) else []
+    if left is None or left:
+        # a file arrived between the last check and the swap: keep it, and say where
+        what = ", ".join(left[:3]) if left else "files its marker no longer lists"
+        warnings.warn(f"{dest}: kept the earlier folder as {old}: it holds {what}, not written "
+                      "by matmeta", UserWarning, stacklevel=3)
+        return
+    shutil.rmtree(aside, ignore_errors=True)
 
 
 def _markdown_table(df: pd.DataFrame, floatfmt: str = ".4g") -> str:

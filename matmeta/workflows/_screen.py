@@ -168,7 +168,7 @@ def rank_for_goal(mean: Sequence[float] | np.ndarray, goal: str | float) -> np.n
 def screen(adapted: Any, candidates: Any, out: str | Any | None = None, *,
            goal: str | float | None = "max", uncertainty: bool = False,
            top: int = 30, workers: int = 1, cache_dir: str | Any | None = None,
-           progress: bool = False) -> pd.DataFrame:
+           progress: bool = False, overwrite: bool = True) -> pd.DataFrame:
     """Predict and rank candidates with an adapted model; optionally write a result folder.
 
     Example:
@@ -179,22 +179,30 @@ def screen(adapted: Any, candidates: Any, out: str | Any | None = None, *,
         adapted: an :class:`~matmeta.workflows._adapt.AdaptedModel` (or its folder).
         candidates: what :meth:`AdaptedModel.predict` accepts.
         out: a folder to write (``ranked.csv``, ``ranked.png``, ``report.md``), published whole;
-            None writes nothing.
+            None writes nothing. An existing folder is replaced only when it is empty or an
+            earlier matmeta result holding only its own files (and ``overwrite``).
         goal: ``"max"``, ``"min"`` or a target value.
         uncertainty: require intervals (an ensemble or a Bayesian head); a single model is
             then an error.
         top: candidates shown in the plot and the report.
         workers, cache_dir, progress: graph models: how the candidates' graphs are built
             (see :meth:`AdaptedModel.predict`).
+        overwrite: replace an earlier matmeta result at ``out``.
 
     Returns:
         The ranked table (input order; sort by ``rank``).
 
     Raises:
-        InputError: uncertainty asked of a single model, no usable candidate rows.
+        InputError: uncertainty asked of a single model, no usable candidate rows, an ``out``
+            that :func:`~matmeta.workflows._report.check_result_folder` refuses (checked
+            before predicting).
     """
     from matmeta.workflows._adapt import AdaptedModel, load_adapted
 
+    if out is not None:
+        from matmeta.workflows._report import check_result_folder
+
+        check_result_folder(out, overwrite)
     if not isinstance(adapted, AdaptedModel):
         adapted = load_adapted(adapted)
     if uncertainty and not adapted.has_uncertainty:
@@ -212,7 +220,7 @@ def screen(adapted: Any, candidates: Any, out: str | Any | None = None, *,
     from matmeta.workflows._report import Report, result_folder
 
     t = adapted.target
-    with result_folder(out) as tmp:
+    with result_folder(out, overwrite=overwrite) as tmp:
         ranked.to_csv(tmp / "ranked.csv", index=False)
         plot_candidates(ranked, t, tmp / "ranked.png", top=top)
         r = Report(f"Screening {len(ranked)} candidates for {t}")

@@ -182,3 +182,42 @@ def test_evaluation_lambda_is_read_per_fold_with_inf_for_no_offset():
     assert evaluation_shrinkage(table("1.0"), 2) == 0.5              # the nearest k
     with pytest.raises(InputError, match="cannot read the offset lambda"):
         evaluation_shrinkage(table("lots"), 5)
+
+
+def test_rerun_keeps_a_users_file_and_replaces_only_with_overwrite(files, tmp_path, capsys):
+    out = tmp_path / "adapted"
+    base = ["adapt", "--model", str(files / "meta.pt"), "--support", str(files / "lab.csv"),
+            "--out", str(out), "--threads", "1", "--no-loo", "--no-plots"]
+    assert main([*base, "--steps", "1"]) == 0
+    written = sorted(p.name for p in out.iterdir())
+    (out / "my_notes.txt").write_text("mine")
+    capsys.readouterr()
+    for extra in ([], ["--overwrite"]):            # the reviewer's re-run, and with --overwrite
+        _fails([*base, *extra], capsys, "holds my_notes.txt, which matmeta did not write")
+        assert (out / "my_notes.txt").read_text() == "mine"
+        assert sorted(p.name for p in out.iterdir()) == sorted([*written, "my_notes.txt"])
+    (out / "my_notes.txt").unlink()
+    _fails(base, capsys, "pass --overwrite")
+    assert load_adapted(out).settings.eval_inner_steps == 1
+    assert main([*base, "--steps", "3", "--overwrite"]) == 0
+    assert load_adapted(out).settings.eval_inner_steps == 3       # replaced whole
+    assert sorted(p.name for p in out.iterdir()) == written
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["adapted"]   # no staging left
+
+
+def test_predict_folder_is_replaced_only_with_overwrite(files, tmp_path, capsys):
+    out = tmp_path / "adapted"
+    assert main(["adapt", "--model", str(files / "meta.pt"), "--support",
+                 str(files / "lab.csv"), "--out", str(out), "--threads", "1", "--no-loo",
+                 "--no-plots"]) == 0
+    screen = tmp_path / "screen"
+    args = ["predict", "--model", str(out), "--candidates", str(files / "cands.csv"),
+            "--out", str(screen), "--threads", "1"]
+    assert main(args) == 0
+    capsys.readouterr()
+    _fails(args, capsys, "pass --overwrite")
+    (screen / "picked.csv").write_text("my choice")
+    _fails([*args, "--overwrite"], capsys, "holds picked.csv")
+    (screen / "picked.csv").unlink()
+    assert main([*args, "--overwrite", "--goal", "min"]) == 0
+    assert pd.read_csv(screen / "ranked.csv")["strength_MPa"].is_monotonic_increasing

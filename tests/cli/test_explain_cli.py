@@ -253,3 +253,166 @@ def test_explain_numeric_messages_name_file_lines_and_plain_values(tmp_path):
     jpath.write_text('[{"x": 1.5}, {"x": "abc"}]')
     with pytest.raises(InputError, match=r"m.json, row 2, column 'x': 'abc': expected a finite"):
         pd_numeric(_read_table(str(jpath)), "x", str(jpath))
+
+
+# -- composition checkpoints: tables read as `matmeta adapt` reads them ------------------------
+
+COEF = {"Al": 200, "Co": 350, "Cr": 500, "Fe": 300, "Ni": 250, "Mn": 400, "Mo": 800, "Nb": 700}
+SYSTEMS = [("Al", "Co", "Cr"), ("Co", "Fe", "Ni"), ("Cr", "Mo", "Nb"), ("Fe", "Mn", "Ni"),
+           ("Al", "Fe", "Ni"), ("Co", "Cr", "Ni"), ("Mo", "Nb", "Fe"), ("Cr", "Fe", "Mn")]
+
+
+def _alloy_rows(system, n, rng, noise=10.0):
+    rows = []
+    for _ in range(n):
+        x = rng.dirichlet(np.full(3, 2.0))
+        temp = float(rng.choice([25.0, 300.0, 600.0]))
+        ys = sum(COEF[e] * xi for e, xi in zip(system, x, strict=True)) - 0.3 * temp
+        rows.append({"FORMULA": " ".join(f"{e}{xi:.3f}" for e, xi in zip(system, x, strict=True)),
+                     "T_C": temp, "YS_MPa": round(ys + rng.normal(0, noise), 1)})
+    return rows
+
+
+@pytest.fixture(scope="module")
+def alloys(tmp_path_factory):
+    """A small alloy table (yield strength linear in the fractions, minus a temperature term),
+    meta checkpoints trained on it for a few steps, and a support (one row 200 MPa too high)
+    and query of an element system it never saw (Co-Cr-Fe)."""
+    d = tmp_path_factory.mktemp("alloys")
+    rng = np.random.default_rng(0)
+    pd.DataFrame([r for s in SYSTEMS for r in _alloy_rows(s, 14, rng)]).to_csv(
+        d / "alloys.csv", index=False)
+    new = pd.DataFrame(_alloy_rows(("Co", "Cr", "Fe"), 16, np.random.default_rng(1), noise=0))
+    sup = new.iloc[:7].copy()
+    sup.loc[sup.index[3], "YS_MPa"] += 200.0  # file row 5
+    sup.to_csv(d / "sup.csv", index=False)
+    new.iloc[7:].to_csv(d / "q.csv", index=False)
+    base = ["meta-train", "--data", str(d / "alloys.csv"), "--model", "composition",
+            "--composition-column", "FORMULA", "--process-columns", "T_C", "--target", "YS_MPa",
+            "--k-shot", "4", "--q-query", "4", "--meta-batch", "4", "--hidden", "8",
+            "--val-families", "0", "--no-progress", "--threads", "1"]
+    loop = ["--inner-lr", "0.02", "--eval-inner-steps", "100"]
+    assert main([*base, *loop, "--steps", "20", "--out", str(d / "meta.pt")]) == 0
+    assert main([*base, *loop, "--steps", "10", "--members", "2",
+                 "--out", str(d / "ens.pt")]) == 0
+    assert main([*base, "--steps", "10", "--algorithm", "bayes_linear",
+                 "--out", str(d / "head.pt")]) == 0
+    return d
+
+
+def _adapted_query_loss(model_path, support_df, query_path, tmp_path, member=None):
+    """Query loss (the model's target space) of `matmeta adapt`'s own adaptation."""
+    from matmeta.workflows import adapt
+
+    path = tmp_path / "sub.csv"
+    support_df.to_csv(path, index=False)
+    adapted = adapt(str(model_path), str(path), loo=False)
+    inputs, y = adapted.encode(adapted.read(str(query_path), with_target=True), with_target=True)
+    if member is None:
+        pred, _ = adapted.predict_model_space(inputs)
+    else:
+        with torch.no_grad():
+            pred = adapted.model.forward({k: v[member] for k, v in adapted.params.items()},
+                                         inputs)
+    return float(((pred.double() - y.double()) ** 2).mean())
+
+
+def _loo_against_adapt(rows, alloys, model_path, tmp_path, member=None):
+    sup = pd.read_csv(alloys / "sup.csv")
+    full = _adapted_query_loss(model_path, sup, alloys / "q.csv", tmp_path, member)
+    for i in (1, 3, 6):
+        without = _adapted_query_loss(model_path, sup.drop(index=i), alloys / "q.csv",
+                                      tmp_path, member)
+        # adapt runs in the checkpoint's float32, explain in float64
+        assert rows[i]["loo:query_loss"] == pytest.approx(without - full, rel=1e-4, abs=2e-6)
+
+
+def test_explain_composition_checkpoint_reads_tables_like_adapt(alloys, tmp_path, capsys):
+    args = ["explain", "--model", str(alloys / "meta.pt"), "--support", str(alloys / "sup.csv"),
+            "--query", str(alloys / "q.csv"), "--check-loo", "--json",
+            "--out", str(tmp_path / "infl.csv"), "--threads", "1", "--no-progress"]
+    assert main(args) == 0
+    out, err = capsys.readouterr()
+    assert "warning" not in err  # the 100-step adaptation fits its support
+    rows = json.loads(out)
+    sup = pd.read_csv(alloys / "sup.csv")
+    # no id column: the file's row number and the composition name each sample
+    assert [r["sample"] for r in rows] == [f"row {i + 2} ({f})"
+                                           for i, f in enumerate(sup["FORMULA"])]
+    worst = min(rows, key=lambda r: r["query_loss"])
+    assert worst["sample"].startswith("row 5 ") and worst["effect"] == "harmful"
+    assert rows[0]["spearman:query_loss"] >= 0.9 and rows[0]["agreement_note:query_loss"] is None
+    # exact LOO = `matmeta adapt` on the support without the row, scored on the query
+    _loo_against_adapt(rows, alloys, alloys / "meta.pt", tmp_path)
+    # a query table without the target: predictions; a support without it: one-line error
+    pd.read_csv(alloys / "q.csv").drop(columns="YS_MPa").to_csv(tmp_path / "cands.csv",
+                                                                 index=False)
+    assert main([*args[:6], str(tmp_path / "cands.csv"), *args[7:]]) == 0
+    pred = json.loads(capsys.readouterr().out)
+    assert "prediction:row 2 (" + pd.read_csv(alloys / "q.csv")["FORMULA"][0] + ")" in pred[0]
+    sup.drop(columns="T_C").to_csv(tmp_path / "no_t.csv", index=False)
+    assert main([*args[:4], str(tmp_path / "no_t.csv"), *args[5:]]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "no_t.csv" in err and "'T_C'" in err and len(err.splitlines()) == 1
+
+
+@pytest.mark.filterwarnings("ignore:.*noise term was not calibrated")
+def test_explain_ensemble_member(alloys, tmp_path, capsys):
+    args = ["explain", "--model", str(alloys / "ens.pt"), "--support", str(alloys / "sup.csv"),
+            "--query", str(alloys / "q.csv"), "--out", str(tmp_path / "infl.csv"),
+            "--threads", "1", "--no-progress"]
+    assert main(args) == 2
+    err = capsys.readouterr().err.strip()
+    assert "an ensemble of 2" in err and "--member K (0 to 1)" in err
+    assert len(err.splitlines()) == 1
+    assert main([*args, "--member", "2"]) == 2
+    assert "members 0 to 1" in capsys.readouterr().err
+    assert main([*args, "--member", "1", "--check-loo", "--json"]) == 0
+    rows = json.loads(capsys.readouterr().out)
+    # member 1's LOO = `matmeta adapt` of the ensemble without the row, member 1's predictions
+    _loo_against_adapt(rows, alloys, alloys / "ens.pt", tmp_path, member=1)
+    assert main(["explain", "--model", str(alloys / "meta.pt"), *args[3:], "--member", "0"]) == 2
+    assert "not an ensemble" in capsys.readouterr().err
+
+
+def test_explain_bayes_linear_head_checkpoint_uses_its_closed_form(alloys, tmp_path, capsys):
+    args = ["explain", "--model", str(alloys / "head.pt"), "--support", str(alloys / "sup.csv"),
+            "--query", str(alloys / "q.csv"), "--out", str(tmp_path / "infl.csv"),
+            "--threads", "1", "--no-progress", "--check-loo", "--json"]
+    assert main(args) == 0
+    rows = json.loads(capsys.readouterr().out)
+    assert rows[0]["estimator"] == "exact_closed_form"
+    assert min(rows, key=lambda r: r["query_loss"])["sample"].startswith("row 5 ")
+    assert rows[0]["spearman:query_loss"] >= 0.8
+    # the head's LOO refits it (hyperparameters too), as `matmeta adapt` fits it
+    _loo_against_adapt(rows, alloys, alloys / "head.pt", tmp_path)
+    assert main([*args, "--estimator", "unrolled"]) == 2
+    assert "exact_closed_form" in capsys.readouterr().err
+
+
+def test_explain_misfit_warns_in_one_line_and_claims_no_correlation(tmp_path, capsys):
+    """A start whose curve is flat at 1 over the data: the scores are noise and say so."""
+    model = JMAK()
+    truth = model.from_physical(k_per_s=1.4e-5, n=3.0)
+    t = torch.tensor([185.0, 14615, 20072, 29044, 32652, 39866, 54111, 90185],
+                     dtype=torch.float64)
+    y = model.forward(truth, t)
+    y[3] = 0.9
+    pd.DataFrame({"time_s": t.numpy(), "fraction": y.numpy()}).to_csv(tmp_path / "s.csv",
+                                                                      index=False)
+    tq = torch.tensor([9250.0, 25529, 36351, 72055], dtype=torch.float64)
+    pd.DataFrame({"time_s": tq.numpy(), "fraction": model.forward(truth, tq).numpy()}).to_csv(
+        tmp_path / "q.csv", index=False)
+    ckpt = _meta_checkpoint(tmp_path, model, model.from_physical(k_per_s=8.7e-4, n=1.33))
+    assert main(["explain", "--model", str(ckpt), "--support", str(tmp_path / "s.csv"),
+                 "--query", str(tmp_path / "q.csv"), "--target", "query_loss,t_half",
+                 "--check-loo", "--out", str(tmp_path / "o.csv"), "--threads", "1",
+                 "--no-progress"]) == 0
+    out, err = capsys.readouterr()
+    warn = [line for line in err.splitlines() if "warning" in line]
+    assert len(warn) == 1 and "does not fit its own support" in warn[0]
+    assert "more inner steps" in warn[0] and "prior" in warn[0]
+    assert "most harmful" not in out and "Spearman" not in out and "Pearson" not in out
+    assert "on query_loss: correlation undefined" in out
+    assert "on t_half: correlation undefined" in out
+    assert set(pd.read_csv(tmp_path / "o.csv")["effect"]) == {"neutral"}

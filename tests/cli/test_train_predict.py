@@ -157,3 +157,86 @@ def test_train_on_a_builtin_dataset(tmp_path, capsys):
     assert "154 structures" in printed and "log10: MAE=" in printed
     pred = load_predictor(out)
     assert pred.target == "bulk_modulus_GPa" and pred.info["data"] == "emt_binary_alloys"
+
+
+def _predict_stderr(capsys, argv) -> str:
+    import warnings
+
+    capsys.readouterr()
+    with warnings.catch_warnings():
+        warnings.simplefilter("always")        # every run warns, as in a fresh process
+        assert main(argv) == 0
+    return capsys.readouterr().err
+
+
+def test_predict_warns_once_naming_elements_unseen_in_training(trained, tmp_path, capsys):
+    pred = load_predictor(trained)
+    # one structure per element: the training split's elements are exactly what it recorded
+    assert pred.elements is not None and set(pred.elements) < set(ELEMENTS)
+    assert len(pred.elements) == pred.info["n_samples"]["train"]
+    seen = pred.elements[0]
+    folder = tmp_path / "cands"
+    folder.mkdir()
+    write(folder / f"{seen}.cif", dcdft[seen], format="cif")
+    args = ["predict", "--model", str(trained), str(folder), "--out", str(tmp_path / "p.csv"),
+            "--workers", "1", "--quiet", "--device", "cpu"]
+    err = _predict_stderr(capsys, args)
+    assert "never seen" not in err and "warning" not in err
+    for el in ("He", "Xe"):                     # noble gases: in no training split
+        write(folder / f"{el}.cif", dcdft[el], format="cif")
+    err = _predict_stderr(capsys, args)
+    lines = [line for line in err.splitlines() if "warning" in line]
+    assert len(lines) == 1, err
+    assert "element(s) He, Xe never seen in training" in lines[0]
+    assert "2 of 3 structure(s)" in lines[0] and "He.cif" in lines[0]
+    assert len(pd.read_csv(tmp_path / "p.csv")) == 3          # predicted all the same
+
+
+def test_checkpoint_without_training_elements_predicts_without_warning(trained, tmp_path,
+                                                                        capsys):
+    raw = torch.load(trained, weights_only=True)
+    del raw["extra"]["train_elements"]          # as written before elements were recorded
+    old = tmp_path / "old.pt"
+    torch.save(raw, old)
+    assert load_predictor(old).elements is None
+    write(tmp_path / "He.cif", dcdft["He"], format="cif")
+    err = _predict_stderr(capsys, ["predict", "--model", str(old), str(tmp_path / "He.cif"),
+                                   "--out", str(tmp_path / "p.csv"), "--workers", "1",
+                                   "--quiet"])
+    assert "never seen" not in err
+    assert len(pd.read_csv(tmp_path / "p.csv")) == 1
+
+
+def test_train_never_replaces_a_file_without_overwrite(table, trained, tmp_path, capsys):
+    mine = tmp_path / "model.pt"
+    mine.write_text("my notes, not a checkpoint")
+    err = _error(capsys, ["train", "--data", str(table), "--target", "bulk_modulus_GPa",
+                          "--out", str(mine), *FAST])
+    assert "--out" in err and "exists" in err and "--overwrite" in err
+    assert mine.read_text() == "my notes, not a checkpoint"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["model.pt"]   # no plots either
+    plot = tmp_path / "parity.png"
+    plot.write_text("mine too")
+    err = _error(capsys, ["train", "--data", str(table), "--target", "bulk_modulus_GPa",
+                          "--out", str(tmp_path / "new.pt"), "--plot", str(plot), *FAST])
+    assert "--plot" in err and plot.read_text() == "mine too"
+    # the training table itself is never an output, --overwrite or not
+    err = _error(capsys, ["train", "--data", str(table), "--target", "bulk_modulus_GPa",
+                          "--out", str(tmp_path / "new.pt"), "--metrics", str(table),
+                          "--overwrite", *FAST])
+    assert "training table" in err
+    assert pd.read_csv(table)["name"].tolist() == ELEMENTS
+    # an earlier checkpoint is replaced when asked
+    again = tmp_path / "again.pt"
+    again.write_bytes(trained.read_bytes())
+    assert main(["train", "--data", str(table), "--target", "bulk_modulus_GPa", "--no-plots",
+                 "--out", str(again), "--overwrite", "--epochs", "1", *FAST[2:]]) == 0
+    assert load_predictor(again).info["train_settings"]["epochs"] == 1
+
+
+def test_predict_never_writes_over_its_input(trained, table, capsys):
+    before = table.read_bytes()
+    err = _error(capsys, ["predict", "--model", str(trained), "--table", str(table),
+                          "--out", str(table), "--quiet"])
+    assert "is an input of this command" in err
+    assert table.read_bytes() == before

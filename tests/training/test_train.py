@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import functools
+import warnings
 
 import numpy as np
 import pytest
@@ -11,6 +12,7 @@ import torch
 
 from matmeta.errors import InputError
 from matmeta.graphs import FeaturizerSettings, build_graphs
+from matmeta.models._composition import UnknownElementWarning
 from matmeta.models._gnn import CGCNN
 from matmeta.training import (
     TrainSettings,
@@ -101,7 +103,19 @@ def test_training_learns_bulk_moduli_and_the_checkpoint_reloads(tmp_path):
     loaded = load_predictor(path)
     assert loaded.settings == SETTINGS and loaded.target == "bulk_modulus_GPa"
     test_graphs = [graphs[i] for i in result.splits["test"]]
-    np.testing.assert_allclose(predict_structures(path, test_graphs), p, rtol=1e-5)
+    # the checkpoint records the training split's elements (symbols from ASE's own table)
+    from ase.data import chemical_symbols
+
+    symbols = sorted({chemical_symbols[int(z)] for i in tr for z in graphs[i].z})
+    assert loaded.elements == tuple(symbols)
+    # every element occurs once: each test structure's element was never seen in training
+    n = len(test_graphs)
+    with pytest.warns(UnknownElementWarning, match=f"never seen in training .*: {n} of {n} "
+                      "structure"):
+        np.testing.assert_allclose(predict_structures(path, test_graphs), p, rtol=1e-5)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", UnknownElementWarning)
+        predict_structures(path, [graphs[i] for i in tr[:3]])       # training elements only
 
 
 def test_early_stopping_keeps_the_best_validation_epoch():
@@ -118,7 +132,8 @@ def test_early_stopping_keeps_the_best_validation_epoch():
     assert len(h["epoch"]) - result.best_epoch == 4
     # The kept parameters reproduce the best validation MAE (transformed space).
     va = result.splits["val"]
-    pred = result.predictor.predict_graphs([graphs[i] for i in va], units=False)
+    with pytest.warns(UnknownElementWarning):      # one structure per element: val is unseen
+        pred = result.predictor.predict_graphs([graphs[i] for i in va], units=False)
     y = result.predictor.transform.forward(torch.tensor(moduli[va])).numpy()
     assert np.abs(pred - y).mean() == pytest.approx(min(h["val_mae"]), rel=1e-5)
 

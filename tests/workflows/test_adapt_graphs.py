@@ -105,3 +105,37 @@ def test_predict_builds_candidate_graphs_with_workers_and_cache(files, tmp_path)
     want = plain.set_index("id").sort_index()["bulk_modulus_GPa"]
     for got in outs:
         np.testing.assert_allclose(got["bulk_modulus_GPa"], want, rtol=1e-6)
+
+
+def test_adapted_graph_model_warns_about_elements_no_training_family_held(files, tmp_path):
+    import shutil
+    import warnings
+
+    from ase.collections import dcdft
+
+    from matmeta.models._composition import UnknownElementWarning
+
+    with warnings.catch_warnings(record=True) as seen:
+        warnings.simplefilter("always")
+        adapted = adapt(files / "meta.pt", files / "lab.csv")       # Ni-Pt: Ni and Pt seen
+        ranked = adapted.predict(files / "cands")
+    assert not [w for w in seen if issubclass(w.category, UnknownElementWarning)]
+    # the meta-training families' elements (Ni-Pt held out for test, Cu-Pt for validation)
+    train = load_meta(files / "meta.pt").extra["families"]["train"]
+    assert "Ni-Pt" not in train and "Cu-Pt" not in train
+    assert adapted.training_elements() == {el for fam in train for el in fam.split("-")}
+    cands = tmp_path / "cands"
+    shutil.copytree(files / "cands", cands)
+    dcdft["W"].write(cands / "W.cif", format="cif")
+    with pytest.warns(UnknownElementWarning) as caught:
+        more = adapted.predict(cands)
+    lines = [str(w.message) for w in caught if issubclass(w.category, UnknownElementWarning)]
+    assert len(lines) == 1
+    assert lines[0].startswith("element(s) W never seen in the meta-training families")
+    assert f"1 of {len(ranked) + 1} rows of candidates" in lines[0] and "W.cif" in lines[0]
+    assert len(more) == len(ranked) + 1
+    # a checkpoint without the family index (older ones): no warning, no crash
+    adapted.extra.pop("family_index")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", UnknownElementWarning)
+        adapted.predict(cands)
