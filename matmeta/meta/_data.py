@@ -488,6 +488,12 @@ def _families(df: pd.DataFrame, keys: Any, inputs: torch.Tensor, y: torch.Tensor
     return out
 
 
+def _insert_ids(df: pd.DataFrame, default: Any) -> None:
+    """An ``id`` column first: the table's own ``id`` column where it has one (as text), else
+    ``default`` (the composition as written, the structure's source)."""
+    df.insert(0, "id", df.pop("id").astype(str) if "id" in df.columns else default)
+
+
 def read_rows(source: str | os.PathLike | pd.DataFrame, spec: dict[str, Any], *,
               with_target: bool = True, what: str = "table") -> pd.DataFrame:
     """Read a support or candidate file the way the training table was read (``spec``).
@@ -534,7 +540,7 @@ def read_rows(source: str | os.PathLike | pd.DataFrame, spec: dict[str, Any], *,
                               process_columns=({s["column"]: s["kind"]
                                                 for s in spec.get("process") or []}
                                                or list(spec.get("process_columns") or [])))
-        df.insert(0, "id", df["composition"].astype(str))
+        _insert_ids(df, df["composition"].astype(str))
         return df
     if kind == "cgcnn":
         from matmeta.io import read_structure_table, read_structures
@@ -553,8 +559,7 @@ def read_rows(source: str | os.PathLike | pd.DataFrame, spec: dict[str, Any], *,
             _need_columns(_plain_or_error(path, what), [target] if target else [], name, what)
         df = read_structure_table(label, structure_column=spec.get("structure_column"),
                                   target_column=target)
-        ids = [getattr(c, "source", str(i)) for i, c in enumerate(df["structure"])]
-        df.insert(0, "id", ids)
+        _insert_ids(df, [getattr(c, "source", str(i)) for i, c in enumerate(df["structure"])])
         return df
     df = label.copy() if isinstance(label, pd.DataFrame) else _read_plain_table(label)
     _need_columns(df, list(spec.get("features") or []) + ([target] if target else []), name,

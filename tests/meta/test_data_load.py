@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import io
+
 import numpy as np
 import pandas as pd
 import pytest
@@ -101,3 +103,34 @@ def test_alloy_families_from_a_column_or_a_grouping(tmp_path):
     with pytest.raises(InputError, match="no column 'batch'"):
         load_families(path, "composition", target="ys_MPa", composition_column="formula",
                       family="batch")
+
+
+def test_tables_with_their_own_id_column_keep_it(tmp_path):
+    """A support or candidate table that already has an ``id`` column (composition or
+    structure rows): its ids name the rows (the reader once raised pandas' 'cannot insert id,
+    already exists')."""
+    path = tmp_path / "alloys.csv"
+    pd.DataFrame({"id": ["s1", "s2", "s3", "s4"], "formula": ["CoNi", "Co2Ni", "CoNi2", "CrFe"],
+                  "ys_MPa": [1.0, 2.0, 3.0, 4.0]}).to_csv(path, index=False)
+    data = load_families(path, "composition", target="ys_MPa", composition_column="formula",
+                         min_family_size=1)
+    df = read_rows(path, data.spec)
+    assert list(df.columns[:1]) == ["id"] and df["ys_MPa"].tolist() == [1.0, 2.0, 3.0, 4.0]
+    # (the alloy reader keeps compositions, targets and process columns: rows are named by
+    # their composition as written)
+    assert df["id"].tolist() == ["CoNi", "Co2Ni", "CoNi2", "CrFe"]
+
+    from ase.build import bulk
+    from ase.io import write
+
+    rows = []
+    for i, a in enumerate((3.5, 3.6, 3.7)):
+        buf = io.BytesIO()
+        write(buf, bulk("Cu", "fcc", a=a), format="cif")
+        rows.append({"id": f"cu{i}", "structure": buf.getvalue().decode(), "B_GPa": 100.0 + i})
+    spath = tmp_path / "s.csv"
+    pd.DataFrame(rows).to_csv(spath, index=False)
+    spec = {"kind": "cgcnn", "target": "B_GPa", "structure_column": "structure"}
+    got = read_rows(spath, spec)
+    assert got["id"].tolist() == ["cu0", "cu1", "cu2"]
+    assert got["B_GPa"].tolist() == [100.0, 101.0, 102.0]
