@@ -259,10 +259,18 @@ def run(args: argparse.Namespace) -> int:
     opts, model_cfg, feat_cfg = _settings(args)
     device = setup_runtime(args)
     out = Path(args.out)
-    check_outputs([out, opts["prior"]],
-                  [Path(opts["plot"]) if opts["plot"] else out.with_suffix(".png")])
+    plot_path = Path(opts["plot"]) if opts["plot"] else out.with_suffix(".png")
+    check_outputs([out, opts["prior"]], [plot_path])
     if out.exists() and not (args.resume or args.overwrite):
         raise InputError(f"--out {out} exists; pass --resume to continue it or --overwrite")
+    for flag, path in (("--plot", plot_path), ("--prior", opts["prior"])):
+        if path is not None and Path(path).exists() and not (args.resume or args.overwrite):
+            raise InputError(f"{flag} {path} exists; pass --overwrite to replace it, or choose "
+                             "another name")
+    inputs = {Path(p).resolve() for p in (args.data, args.config) if p}
+    for flag, path in (("--out", out), ("--plot", plot_path), ("--prior", opts["prior"])):
+        if path is not None and Path(path).resolve() in inputs:
+            raise InputError(f"{flag} {path}: is one of this run's inputs; choose another name")
     kind = "cgcnn" if args.model == "gnn" else args.model
     dtype = getattr(torch, opts["dtype"])
     if int(opts["members"] or 1) > 1 and (opts["prior"] or kind in PARAMETRIC):

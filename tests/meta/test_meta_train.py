@@ -310,6 +310,17 @@ def test_cli_bad_input_is_one_line_and_writes_nothing(tmp_path, capsys):
     out.write_bytes(b"precious")
     assert main([*base, "--out", str(out)]) == 2
     assert "exists" in capsys.readouterr().err and out.read_bytes() == b"precious"
+    # the plot and the prior are not replaced silently either, and no output may be an input
+    fresh = tmp_path / "fresh.pt"
+    (tmp_path / "fresh.png").write_bytes(b"my figure")
+    assert main([*base, "--out", str(fresh)]) == 2
+    assert "--plot" in capsys.readouterr().err and not fresh.exists()
+    assert (tmp_path / "fresh.png").read_bytes() == b"my figure"
+    assert main([*base, "--out", str(data), "--overwrite"]) == 2
+    assert "is one of this run's inputs" in capsys.readouterr().err
+    assert data.read_text().startswith("family")
+    assert main([*base, "--out", str(fresh), "--overwrite"]) == 0
+    assert fresh.exists() and (tmp_path / "fresh.png").read_bytes()[:4] == b"\x89PNG"
 
 
 def test_cli_config_file_is_read_flags_override_and_all_is_recorded(tmp_path):
