@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import os
 import textwrap
+from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
@@ -90,11 +91,15 @@ def plot_adaptation(fit: pd.DataFrame, target: str, path: str | os.PathLike | No
 
 
 def plot_candidates(ranked: pd.DataFrame, target: str, path: str | os.PathLike | None = None,
-                    top: int = 30) -> Path | Figure:
+                    top: int = 30, label_columns: Sequence[str] = ()) -> Path | Figure:
     """The best ``top`` candidates by rank: predicted mean with its 90% interval when present.
 
     Example:
-        >>> plot_candidates(ranked, "yield_strength_MPa", "ranked.png")
+        >>> plot_candidates(ranked, "yield_strength_MPa", "ranked.png",
+        ...                 label_columns=["test_temperature_C"])
+
+    ``label_columns``: columns whose values join each candidate's label (process settings that
+    tell apart rows of one composition).
     """
     shown = ranked.sort_values("rank").head(top)
     fig = Figure(figsize=(6.4, max(3.0, 0.28 * len(shown) + 1.2)))
@@ -112,8 +117,14 @@ def plot_candidates(ranked: pd.DataFrame, target: str, path: str | os.PathLike |
         ax.plot(shown[f"{target}_meta_init"].to_numpy(dtype=float), y, "x", ms=4,
                 color="0.5", label="meta-learned initial")
     ax.set_yticks(y)
-    ax.set_yticklabels([f"{int(r)}. {str(i)[:24]}" for r, i in zip(shown["rank"], shown["id"],
-                                                                    strict=True)], fontsize=7)
+    extra = [c for c in label_columns if c in shown.columns]
+    labels = []
+    for _, row in shown.iterrows():
+        more = ", ".join(f"{row[c]:g}" if isinstance(row[c], (int, float)) else str(row[c])
+                         for c in extra)
+        labels.append(f"{int(row['rank'])}. {str(row['id'])[:24]}" + (f" ({more})" if more
+                                                                         else ""))
+    ax.set_yticklabels(labels, fontsize=7)
     ax.set_xlabel(target)
     ax.legend(fontsize=8)
     goal = ranked.attrs.get("goal", "max")

@@ -240,7 +240,8 @@ class AdaptedModel:
 
         Returns:
             One row per candidate in input order: ``id``; ``row`` (the file line, for alloy
-            tables) and the process columns as read; the prediction (named after the target);
+            tables) and the process columns as read; the table's other columns (a CSV file or a
+            DataFrame: labels, phases, notes); the prediction (named after the target);
             for an ensemble or a Bayesian head ``<target>_std`` (``<target>_std_log10`` for a
             log target) and a central 90% interval ``<target>_low90`` / ``<target>_high90``;
             the meta-learned initial model's prediction (``<target>_meta_init``); ``rank`` for
@@ -269,6 +270,8 @@ class AdaptedModel:
             out["row"] = df["row"].to_numpy()
         for s in self.spec.get("process") or []:
             out[s["column"]] = df[s["column"]].to_numpy()
+        for col, values in self._own_columns(candidates, len(out), set(out.columns)).items():
+            out[col] = values
         out[t] = self.to_units(mean)
         if std is not None:
             std = std.to(mean)
@@ -287,6 +290,27 @@ class AdaptedModel:
         out["family_distance"] = dist
         out.attrs["goal"] = goal
         return out
+
+    def _own_columns(self, candidates: Any, n: int, taken: set[str]) -> dict[str, Any]:
+        """The candidate table's other columns (a label, a phase, a note), to follow their rows
+        into the predictions: from a CSV file or a DataFrame whose rows all became candidates
+        (the readers keep every row in order); the composition and structure columns are
+        already the ``id``."""
+        if isinstance(candidates, pd.DataFrame):
+            raw = candidates
+        elif isinstance(candidates, (str, os.PathLike)) and str(candidates).lower().endswith(
+                (".csv", ".csv.gz")) and Path(candidates).is_file():
+            try:
+                raw = pd.read_csv(candidates)
+            except (ValueError, OSError, UnicodeDecodeError):
+                return {}
+        else:
+            return {}
+        if len(raw) != n:
+            return {}
+        skip = taken | {self.spec.get("composition_column"), self.spec.get("structure_column"),
+                        "structure", self.target, *(self.spec.get("features") or [])}
+        return {str(c): raw[c].to_numpy() for c in raw.columns if str(c) not in skip}
 
     # ------------------------------------------------------------------------------ saving
 

@@ -381,6 +381,28 @@ def test_screen_sorts_by_rank_for_the_goal(meta_pt, support_csv, tmp_path):
     assert not (tmp_path / "screen").exists()
 
 
+def test_candidates_keep_their_own_columns_and_plot_labels(meta_pt, support_csv, tmp_path):
+    """A candidate table's other columns (here a phase that the composition model cannot see)
+    follow their rows into the ranking, so two rows of one composition stay apart; the ranked
+    plot labels each row with its process setting."""
+    from matmeta.plots._workflows import plot_candidates
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UnknownElementWarning)
+        adapted = adapt(meta_pt, support_csv, loo=False)
+        table = pd.DataFrame({"formula": ["Al0.5Ni0.5", "Al0.5Ni0.5", "Cr0.5Ni0.5"],
+                              "phase": ["B2", "L1_2", "fcc"], "T_C": [25.0, 25.0, 600.0]})
+        table.to_csv(tmp_path / "c.csv", index=False)
+        for cands in (table, tmp_path / "c.csv"):
+            out = adapted.predict(cands)
+            assert out["phase"].tolist() == ["B2", "L1_2", "fcc"]
+            assert out["id"].tolist() == table["formula"].tolist()
+            assert "formula" not in out.columns and "T_C" in out.columns
+    fig = plot_candidates(out.assign(rank=[1, 2, 3]), "strength_MPa", label_columns=["T_C"])
+    labels = [t.get_text() for t in fig.axes[0].get_yticklabels()]
+    assert labels == ["1. Al0.5Ni0.5 (25)", "2. Al0.5Ni0.5 (25)", "3. Cr0.5Ni0.5 (600)"]
+
+
 # ----------------------------------------------------------------------------- nearest family
 
 
