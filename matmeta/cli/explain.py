@@ -415,6 +415,11 @@ def run(args: argparse.Namespace) -> int:
                  ids=_sample_ids(sup_df, ckpt, kind),
                  query_ids=query_ids, device=device,
                  progress=False if args.no_progress else None, **options)
+    if estimator == "exact_closed_form" and args.check_loo:
+        print("matmeta explain: note: exact_closed_form leaves each row out with the head's "
+              "hyperparameters (noise, kernel) as fitted on all rows; --check-loo refits them "
+              "without the row, so the two can differ where a row moves the hyperparameters",
+              file=sys.stderr)
     import io
 
     buf = io.StringIO()

@@ -77,6 +77,9 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
                    help="draw the fitted curves with data and 95%% band to this file, the "
                         "Avrami plot to FITS_avrami.png and, with temperatures, the Arrhenius "
                         "plot to FITS_arrhenius.png")
+    f.add_argument("--overwrite", action="store_true",
+                   help="replace an earlier --report folder (one holding only the files "
+                        "matmeta wrote there; a folder holding anything else is never replaced)")
     f.add_argument("--report", metavar="DIR", default=None,
                    help="with --prior: write a report folder (report.md, fit.png with the "
                         "prior's band, the data and the adapted curve with its 95%% band, "
@@ -210,6 +213,13 @@ def _fit(args: argparse.Namespace) -> int:
     if args.max_iter < 1:
         raise InputError(f"--max-iter {args.max_iter}: expected a positive integer")
     check_outputs([args.out], [args.plot])
+    if args.report:
+        from matmeta.workflows._report import check_result_folder
+
+        try:
+            check_result_folder(args.report, args.overwrite)
+        except InputError as exc:
+            raise InputError(f"--report {str(exc).replace('--out', '--report')}") from None
     if args.arrhenius and args.fit_t0:
         raise InputError("--arrhenius with --fit-t0 is not supported: an incubation time "
                          "differs between isotherms; fit them separately with --fit-t0")
@@ -303,7 +313,8 @@ def _fit(args: argparse.Namespace) -> int:
     if report_fits:
         from matmeta.workflows._kinetics import summary_line, write_jmak_report
 
-        write_jmak_report(report_fits, args.report, prior_source=args.prior)
+        write_jmak_report(report_fits, args.report, prior_source=args.prior,
+                          overwrite=args.overwrite)
         for fit in report_fits[:10]:
             print(f"matmeta jmak fit: {summary_line(fit)}", file=sys.stderr)
         figures.append((None, Path(args.report)))

@@ -176,7 +176,9 @@ def add_parser(subparsers) -> None:
     add_runtime_options(p)
     # what each option's value must be, to check a --config file's values as the flags are
     p.set_defaults(func=run, _option_types={a.dest: a.type for a in p._actions
-                                            if a.type in (int, float)})
+                                            if a.type in (int, float)},
+                   _option_choices={a.dest: list(a.choices) for a in p._actions
+                                    if a.choices is not None})
 
 
 def _settings(args: argparse.Namespace) -> tuple[dict, dict, dict]:
@@ -210,6 +212,10 @@ def _settings(args: argparse.Namespace) -> tuple[dict, dict, dict]:
         if not ok:
             raise InputError(f"--config {args.config}: {key} = {value!r}: expected "
                              f"{'an integer' if want is int else 'a number'}")
+        choices = getattr(args, "_option_choices", {}).get(key)
+        if choices is not None and value not in choices:
+            raise InputError(f"--config {args.config}: {key} = {value!r}: expected one of "
+                             f"{', '.join(map(str, choices))}")
     opts = dict(DEFAULTS)
     opts["algorithm"] = "maml"
     opts.update(file)
@@ -268,9 +274,17 @@ def run(args: argparse.Namespace) -> int:
             raise InputError(f"{flag} {path} exists; pass --overwrite to replace it, or choose "
                              "another name")
     inputs = {Path(p).resolve() for p in (args.data, args.config) if p}
+    named: dict[Path, str] = {}
     for flag, path in (("--out", out), ("--plot", plot_path), ("--prior", opts["prior"])):
-        if path is not None and Path(path).resolve() in inputs:
+        if path is None:
+            continue
+        key = Path(path).resolve()
+        if key in inputs:
             raise InputError(f"{flag} {path}: is one of this run's inputs; choose another name")
+        if key in named:
+            raise InputError(f"{flag} {path}: also written as {named[key]}; give each output "
+                             "its own file")
+        named[key] = flag
     kind = "cgcnn" if args.model == "gnn" else args.model
     dtype = getattr(torch, opts["dtype"])
     if int(opts["members"] or 1) > 1 and (opts["prior"] or kind in PARAMETRIC):

@@ -252,10 +252,10 @@ class FitResult:
         """(B,) True where k and n (or, for other laws, any parameter) are poorly determined.
 
         JMAK: a non-finite standard error, ``se(ln n) > 0.25``, ``se(ln k) > 0.5`` or
-        ``|corr(ln k, ln n)| > 0.99``, or (without a prior) fewer than two points inside the
-        fitted transition (``n_determining``: a step fitted exactly by a near-vertical curve
-        has tiny standard errors, but k and n are only bounded). Other laws: any non-finite
-        standard error.
+        ``|corr(ln k, ln n)| > 0.99``, or (without a prior) fewer than two points where the
+        fitted curve still moves (``n_determining``, 0.1-99.9% of ``f_max``: a step fitted
+        exactly by a near-vertical curve has tiny standard errors, but k and n are only
+        bounded). Other laws: any non-finite standard error.
         """
         se = self.stderr
         bad = ~torch.isfinite(se).all(-1)

@@ -513,7 +513,8 @@ def load_meta(path: str | os.PathLike, map_location: str | torch.device = "cpu"
 
 def write_prior(result: MetaResult | MetaCheckpoint, families: Sequence[Family],
                 path: str | os.PathLike, *, noise_std: float | None = None,
-                min_std: float = 1e-4, max_iter: int = 100, tol: float = 1e-6) -> Path:
+                min_std: float = 1e-4, max_iter: int = 100, tol: float = 1e-6,
+                min_noise_std: float = 1e-3) -> Path:
     """Learn a prior over a parametric model's parameters across ``families`` and write it.
 
     The prior is :func:`matmeta.bayes.learn_prior` (Laplace-EM over the families, each family's
@@ -544,6 +545,10 @@ def write_prior(result: MetaResult | MetaCheckpoint, families: Sequence[Family],
         noise_std: measurement std (target units); default: learned with the prior.
         min_std: floor of the prior's standard deviations (transformed units).
         max_iter, tol: Laplace-EM iterations at most and its tolerance (see ``learn_prior``).
+        min_noise_std: floor of a *learned* noise std (target units: 1e-3 of a fraction), said
+            in the warning line when it applies: on noise-free curves (reconstructed from
+            published parameters) Laplace-EM learns a noise near zero, and MAP fits under the
+            prior would then report standard errors of 1e-6.
 
     Returns:
         The path written.
@@ -586,9 +591,16 @@ def write_prior(result: MetaResult | MetaCheckpoint, families: Sequence[Family],
         notes.append(f"Laplace-EM over {len(usable)} families stopped after {fit.iterations} "
                      f"iterations without converging to tol {tol:g}; the prior is its last "
                      "iterate")
+    prior = fit.prior
+    if noise_std is None and prior.noise_std is not None and prior.noise_std < min_noise_std:
+        notes.append(f"the learned noise std {prior.noise_std:.2g} is below {min_noise_std:g} "
+                     "(noise-free curves?); the prior records "
+                     f"{min_noise_std:g}: pass noise_std (--noise-std to `jmak fit`) if the "
+                     "measurements are that precise")
+        prior = dataclasses.replace(prior, noise_std=float(min_noise_std))
     if notes:
         warnings.warn(f"{path}: " + "; ".join(notes), UserWarning, stacklevel=2)
-    return fit.prior.save(path)
+    return prior.save(path)
 
 
 def prior_families(model: Any, families: Sequence[Family]) -> tuple[list[Family], list[str]]:

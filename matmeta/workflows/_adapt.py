@@ -270,8 +270,12 @@ class AdaptedModel:
             out["row"] = df["row"].to_numpy()
         for s in self.spec.get("process") or []:
             out[s["column"]] = df[s["column"]].to_numpy()
+        made = {t, *(f"{t}{sfx}" for sfx in ("_std", "_std_log10", "_low90", "_high90",
+                                              "_meta_init")),
+                "rank", "nearest_family", "family_distance"}
         for col, values in self._own_columns(candidates, len(out), set(out.columns)).items():
-            out[col] = values
+            # a column of the table named like one of the predictions' keeps its values
+            out[f"input:{col}" if col in made else col] = values
         out[t] = self.to_units(mean)
         if std is not None:
             std = std.to(mean)
@@ -309,7 +313,7 @@ class AdaptedModel:
         if len(raw) != n:
             return {}
         skip = taken | {self.spec.get("composition_column"), self.spec.get("structure_column"),
-                        "structure", self.target, *(self.spec.get("features") or [])}
+                        "structure", *(self.spec.get("features") or [])}
         return {str(c): raw[c].to_numpy() for c in raw.columns if str(c) not in skip}
 
     # ------------------------------------------------------------------------------ saving

@@ -284,7 +284,7 @@ def _stage_jmak_prior(log: _Log, device: str) -> None:
     three[cols].to_csv(d / "three_points.csv", index=False)
     log.run(["jmak", "fit", str(d / "three_points.csv"), "--group-by", "material",
              "--prior", str(prior), "--noise-std", "0.02", "--out", str(d / "fit.csv"),
-             "--report", str(d / "report"), "--device", device])
+             "--report", str(d / "report"), "--overwrite", "--device", device])
     log.run(["suggest", "kinetics", str(d / "three_points.csv"), "--group-by", "material",
              "--prior", str(prior), "--noise-std", "0.02", "--target", "t_half",
              "--out", str(d / "next.csv"), "--plot", str(d / "next.png"), "--device", device])
@@ -347,8 +347,25 @@ def run_demo(out: str | Path = "demo_output", *, device: str = "cpu", quick: boo
     # user's, which would lose any file of the same name
     if out.exists() and (not out.is_dir() or (any(out.iterdir())
                                               and not (out / DEMO_MARKER).is_file())):
-        raise InputError(f"{out}: exists and is not a matmeta demo folder; choose another --out "
-                         "(the demo replaces the files it writes there)")
+        older = (out / "report.md").is_file() and (out / "report.md").read_text(
+            encoding="utf-8", errors="replace").startswith("# matmeta demo")
+        raise InputError(
+            f"{out}: " + ("a demo folder from an earlier matmeta version (it does not list what "
+                          "it wrote); remove it, or choose another --out" if older else
+                          "exists and is not a matmeta demo folder; choose another --out (the "
+                          "demo replaces the files it writes there)"))
+    # the result folders the chosen stages replace: checked before any stage runs, so that a
+    # refusal cannot leave the demo half new, half old
+    from matmeta.workflows._report import check_result_folder
+
+    results = {"alloys": ("alloys/adapted", "alloys/screen"), "jmak-prior": ("jmak_prior/report",)}
+    for stage in stages:
+        for sub in results.get(stage, ()):
+            try:
+                check_result_folder(out / sub, overwrite=True)
+            except InputError as exc:
+                raise InputError(f"{out}: the demo cannot replace {sub} ({exc}); remove "
+                                 f"{out / sub}, or choose another --out") from None
     out.mkdir(parents=True, exist_ok=True)
     atomic_write_text(out / DEMO_MARKER, "written by matmeta demo: a new demo may replace the "
                       "files it wrote here\n")

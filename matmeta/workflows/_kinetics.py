@@ -439,7 +439,8 @@ def _fmt(v: float) -> str:
 
 def write_jmak_report(fits: Sequence[JMAKPriorFit], out: str | os.PathLike, *,
                       title: str | None = None, influence: bool = True,
-                      prior_source: str | None = None, progress: bool | None = None) -> Path:
+                      prior_source: str | None = None, progress: bool | None = None,
+                      overwrite: bool = True) -> Path:
     """Write a report folder: data, prior and posterior parameters, curves with bands, influence.
 
     Files: ``data.csv``, ``parameters.csv``, ``curves.csv`` (prior and posterior band per curve),
@@ -542,7 +543,7 @@ def write_jmak_report(fits: Sequence[JMAKPriorFit], out: str | os.PathLike, *,
                      "*_change_percent relative to the fit with all points. influence.csv.")
     else:
         report.text("Not computed (a single point, or turned off).")
-    with result_folder(out) as tmp:
+    with result_folder(out, overwrite=overwrite) as tmp:
         data_df.to_csv(tmp / "data.csv", index=False)
         params_df.to_csv(tmp / "parameters.csv", index=False)
         curves_df.to_csv(tmp / "curves.csv", index=False)

@@ -253,8 +253,9 @@ def test_exact_steps_are_poorly_determined_despite_tiny_standard_errors(fit_t0, 
     """A step fitted exactly: a near-vertical curve through every point, with standard
     errors near zero (the residuals vanish), though any steeper curve with its midpoint
     anywhere between the last 0 and the first 1 fits as well. Flagged by counting the points
-    inside the fitted transition (f / f_max in (0.02, 0.98)), checked against the fitted curve
-    itself; a well-sampled curve keeps its flag off."""
+    where the fitted curve still moves (f / f_max in (0.001, 0.999)), checked against the
+    fitted curve itself; a well-sampled curve keeps its flag off, and so does a precise curve
+    with points at 1.5% and 98.5% (they pin k and n)."""
     t = np.array([10.0, 20.0, 40.0, 80.0, 160.0, 320.0])
     h = 0.9 if fit_fmax else 1.0
     steps = [np.array([0, 0, 0, h, h, h]), np.array([0, 0, 0, 0, 0, h]),
@@ -269,7 +270,7 @@ def test_exact_steps_are_poorly_determined_despite_tiny_standard_errors(fit_t0, 
         params = model.unflatten(res.theta[i])
         f = model.forward(params, torch.as_tensor(tt)).numpy()
         fmax = float(torch.sigmoid(params["logit_fmax"])) if fit_fmax else 1.0
-        inside = int(((f / fmax > 0.02) & (f / fmax < 0.98)).sum())
+        inside = int(((f / fmax > 1e-3) & (f / fmax < 1 - 1e-3)).sum())
         assert int(res.n_determining[i]) == inside
     assert res.n_determining[:3].max() <= 1 and int(res.n_determining[3]) >= 6
     assert res.poorly_determined.tolist() == [True, True, True, False]
@@ -279,6 +280,19 @@ def test_exact_steps_are_poorly_determined_despite_tiny_standard_errors(fit_t0, 
                            [1.0] * model.num_params)
     assert fit_jmak([t], [steps[0]], fit_t0=fit_t0, fit_fmax=fit_fmax,
                     prior=prior).n_determining is None
+
+
+def test_precise_points_in_the_tails_keep_the_fit_determined():
+    """Three precise points (noise 0.003) at 1.5%, 50% and 98.5% of a curve pin k and n: not
+    flagged (a 2-98% window once flagged such fits, whose standard errors are tiny and right)."""
+    lk, n = math.log(1 / 100.0), 2.0
+    t = np.exp(np.log(-np.log1p(-np.array([0.015, 0.5, 0.985]))) / n - lk)
+    y = jmak_np(t, lk, math.log(n)) + 0.003 * np.random.default_rng(2).normal(size=3)
+    res = fit_jmak(t, y)
+    assert int(res.n_determining[0]) == 3 and not bool(res.poorly_determined[0])
+    assert float(res.stderr[0].max()) < 0.05
+    ref, _ = curve_fit(lambda tt, a, b: jmak_np(tt, a, b), t, y, p0=[lk, math.log(n)])
+    np.testing.assert_allclose(res.theta[0].numpy(), ref, rtol=1e-5, atol=1e-6)
 
 
 def test_per_temperature_n_needs_every_isotherm_listed():

@@ -318,6 +318,10 @@ def test_cli_bad_input_is_one_line_and_writes_nothing(tmp_path, capsys):
     assert (tmp_path / "fresh.png").read_bytes() == b"my figure"
     assert main([*base, "--out", str(data), "--overwrite"]) == 2
     assert "is one of this run's inputs" in capsys.readouterr().err
+    same = tmp_path / "same.png"
+    assert main([*base, "--out", str(same), "--plot", str(same), "--overwrite"]) == 2
+    assert "--plot" in (err := capsys.readouterr().err) and "also written as --out" in err
+    assert not same.exists()
     assert data.read_text().startswith("family")
     assert main([*base, "--out", str(fresh), "--overwrite"]) == 0
     assert fresh.exists() and (tmp_path / "fresh.png").read_bytes()[:4] == b"\x89PNG"
@@ -345,6 +349,8 @@ def test_cli_config_file_is_read_flags_override_and_all_is_recorded(tmp_path):
     ("steps = 2.5\n", "steps = 2.5: expected an integer"),
     ('outer_lr = "fast"\n', "outer_lr = 'fast': expected a number"),
     ("k_shot = true\n", "k_shot = True: expected an integer"),
+    ('dtype = "float16"\n', "dtype = 'float16': expected one of float32, float64"),
+    ('target_transform = "log"\n', "target_transform = 'log': expected one of identity"),
 ])
 def test_cli_config_values_of_the_wrong_type_are_one_line_errors(tmp_path, capsys, text,
                                                                  message):

@@ -392,10 +392,15 @@ def test_candidates_keep_their_own_columns_and_plot_labels(meta_pt, support_csv,
         adapted = adapt(meta_pt, support_csv, loo=False)
         table = pd.DataFrame({"formula": ["Al0.5Ni0.5", "Al0.5Ni0.5", "Cr0.5Ni0.5"],
                               "phase": ["B2", "L1_2", "fcc"], "T_C": [25.0, 25.0, 600.0]})
+        # columns named like the predictions' (a ranked.csv fed back in) keep their values
+        table["rank"], table["strength_MPa"] = [7, 8, 9], [1.0, 2.0, 3.0]
         table.to_csv(tmp_path / "c.csv", index=False)
         for cands in (table, tmp_path / "c.csv"):
             out = adapted.predict(cands)
             assert out["phase"].tolist() == ["B2", "L1_2", "fcc"]
+            assert out["input:rank"].tolist() == [7, 8, 9]
+            assert out["input:strength_MPa"].tolist() == [1.0, 2.0, 3.0]
+            assert sorted(out["rank"]) == [1, 2, 3]
             assert out["id"].tolist() == table["formula"].tolist()
             assert "formula" not in out.columns and "T_C" in out.columns
     fig = plot_candidates(out.assign(rank=[1, 2, 3]), "strength_MPa", label_columns=["T_C"])

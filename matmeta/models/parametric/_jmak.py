@@ -46,9 +46,12 @@ LN_LN2 = math.log(math.log(2.0))
 VALLEY_N_UP = 4.0
 VALLEY_N_DOWN = 0.5
 VALLEY_JUMP = 16.0
-# A fit's determining points lie inside its transition: fitted f / f_max in (2%, 98%), that
-# is z = n ln(k (t - t0)) in (ln(-ln 0.98), ln(-ln 0.02)).
-Z_TRANSITION = (math.log(-math.log1p(-0.02)), math.log(-math.log(0.02)))
+# A fit's determining points lie where its curve still moves: fitted f / f_max in
+# (0.001, 0.999), that is z = n ln(k (t - t0)) in (ln(-ln 0.999), ln(-ln 0.001)). (Only a fit
+# through no more than one such point, a near-vertical step, is flagged by this; a point at
+# 1.5% of a precisely measured curve still pins k and n, and its standard errors say so.)
+TRANSITION_LO = 1e-3
+Z_TRANSITION = (math.log(-math.log1p(-TRANSITION_LO)), math.log(-math.log(TRANSITION_LO)))
 
 
 def jmak_curve(t: Tensor, ln_k: Tensor, n: Tensor, t0: Tensor | float = 0.0,
@@ -325,9 +328,9 @@ class JMAK(ParametricModel):
         return out
 
     def fit_determining_points(self, theta: Tensor, inputs: Tensor, weight: Tensor) -> Tensor:
-        """Points inside the fitted transition, between 2% and 98% of ``f_max`` (elsewhere the
-        curve is flat to within the noise of most measurements, and k and n are bounded but
-        not determined there)."""
+        """Points where the fitted curve still moves, between 0.1% and 99.9% of ``f_max``
+        (beyond, it is flat to within any measurement's noise: such points bound k and n but
+        do not determine them)."""
         # f / f_max = 1 - exp(-e^z), so the transition is an interval of z = n ln(k (t - t0))
         tau = inputs
         if self.fit_t0:
