@@ -235,8 +235,9 @@ def _fit(args: argparse.Namespace) -> int:
 
     if args.arrhenius:
         groups = table.curves(by_temperature=False)
+        # (under a prior one isotherm will do: Q comes from the prior, k(T) from the points)
         single = [(key, cur) for key, cur in groups if cur["temperature_K"].nunique() < 2]
-        if single:
+        if single and not args.prior:
             key, cur = single[0]
             lines = cur["row"].to_numpy()
             more = (f" ({len(single) - 1} more group{'s' if len(single) > 2 else ''} with one "
@@ -245,7 +246,7 @@ def _fit(args: argparse.Namespace) -> int:
                 f"{table.describe_curve(key)} (rows {lines.min()}-{lines.max()}), column "
                 f"'temperature_K': an Arrhenius fit needs two or more temperatures, got "
                 f"{cur['temperature_K'].unique().tolist()} K{more}; fit such groups without "
-                "--arrhenius (leave them out of this table)")
+                "--arrhenius (leave them out of this table), or give an Arrhenius --prior")
         model = ArrheniusJMAK(fit_fmax=args.fit_fmax)
     else:
         groups = table.curves(by_temperature=True)

@@ -471,7 +471,15 @@ def fit_curves(
         inv_s = None if scale == 1.0 else torch.full_like(y_pad, 1.0 / scale)
     sqrt_w = torch.sqrt(w_pad) if inv_s is None else torch.sqrt(w_pad) * inv_s
 
-    theta0 = model.initial_guesses(x_pad, y_pad, w_pad).to(dev, dtype)
+    try:
+        theta0 = model.initial_guesses(x_pad, y_pad, w_pad).to(dev, dtype)
+    except InputError:
+        if prior is None:
+            raise
+        # the law cannot read starts from these data alone (an Arrhenius law from one
+        # isotherm), but the prior makes the fit well posed: starts from what the data say
+        # and the prior the rest (the prior's mean follows below)
+        theta0 = model.prior_starts(x_pad, y_pad, w_pad, prior).to(dev, dtype)
     if prior is not None:
         theta0 = torch.cat([theta0, prior.mean.to(dev, dtype).expand(b, 1, p)], dim=1)
     if starts is not None:

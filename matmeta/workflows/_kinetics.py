@@ -417,10 +417,8 @@ def fit_jmak_with_prior(time: Any, fraction: Any, prior: Any, *,
         temps = np.broadcast_to(np.array(temperature_K, dtype=np.float64), t.shape).copy()
         if not np.isfinite(temps).all() or (temps <= 0).any():
             raise InputError(f"{label}: temperature_K must be finite and > 0 K")
-        if len(np.unique(temps)) < 2:
-            raise InputError(f"{label}: an Arrhenius-JMAK fit needs points at two or more "
-                             f"temperatures, got {np.unique(temps).tolist()} K; use a 'jmak' "
-                             "prior for one isotherm")
+        # (one isotherm is enough under the prior: its Q comes from the prior, its k(T) from
+        # the points)
         x = np.stack([t, temps], -1)
     else:
         x = t

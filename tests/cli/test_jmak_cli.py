@@ -268,3 +268,26 @@ def test_arrhenius_rows_delta_method_matches_finite_differences(fit_fmax):
             float(var[0, 1] / (var[0, 0] * var[1, 1]) ** 0.5), abs=1e-6)
         assert o["Q_kJ_per_mol"] == pytest.approx(float(theta[names.index("Q_kJ_per_mol")]))
     assert abs(out[0]["Q_kJ_per_mol"] - q) < 0.1 * q and abs(out[0]["n"] - n) < 0.2 * n
+
+
+def test_arrhenius_one_isotherm_needs_a_prior(tmp_path, capsys):
+    """One isotherm under --arrhenius: refused without a prior (Q is not in the points), the
+    MAP fit under an Arrhenius prior (Q close to the prior's, k at the points' temperature)."""
+    from matmeta.models.parametric import ArrheniusJMAK, Prior
+
+    model = ArrheniusJMAK()
+    Prior.from_std("arrhenius_jmak", model.flat_names, [28.0, 250.0, 0.7], [3.0, 50.0, 0.5],
+                   noise_std=0.03, model_config=model.config()).save(tmp_path / "arr.json")
+    src = tmp_path / "one.csv"
+    src.write_text("time_s,temperature_K,fraction\n100,1000,0.05\n1000,1000,0.4\n"
+                   "5000,1000,0.9\n")
+    base = ["jmak", "fit", str(src), "--arrhenius", "--out", str(tmp_path / "o.csv"), "--json"]
+    code, _, err = run(base, capsys)
+    assert code == 2 and "or give an Arrhenius --prior" in err
+    code, out, err = run([*base, "--prior", str(tmp_path / "arr.json")], capsys)
+    assert code == 0, err
+    row = json.loads(out)[0]
+    assert row["temperature_K"] == 1000.0 and row["converged"]
+    assert abs(row["Q_kJ_per_mol"] - 250.0) < 60.0
+    # k at 1000 K is what the points say: t_half between the 0.05 and 0.9 points
+    assert 100.0 < row["t_half_s"] < 5000.0

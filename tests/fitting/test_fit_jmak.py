@@ -295,6 +295,38 @@ def test_precise_points_in_the_tails_keep_the_fit_determined():
     np.testing.assert_allclose(res.theta[0].numpy(), ref, rtol=1e-5, atol=1e-6)
 
 
+def test_one_isotherm_under_an_arrhenius_prior_is_the_map_fit():
+    """Three points at one temperature say nothing of Q alone (refused without a prior); under
+    an Arrhenius prior the fit is the MAP point, checked against a direct minimisation of the
+    MAP objective (the prior's mean, where the curve is flat at 1 on every point, cannot move
+    the fit: the starts read k(T) and n from the points)."""
+    from matmeta.workflows._kinetics import fit_jmak_with_prior
+
+    model = ArrheniusJMAK()
+    t, f, temp = np.array([100.0, 1000.0, 5000.0]), np.array([0.05, 0.4, 0.9]), 1000.0
+    x = np.stack([t, np.full(3, temp)], -1)
+    with pytest.raises(InputError, match="two or more temperatures"):
+        fit_curves(model, [x], [f])
+    prior = Prior.from_std("arrhenius_jmak", model.flat_names, [28.0, 250.0, 0.7],
+                           [3.0, 50.0, 0.5], model_config=model.config())
+    fit = fit_jmak_with_prior(t, f, prior, temperature_K=np.full(3, temp), noise_std=0.03)
+    w, mu, xt = prior.precision_sqrt.numpy(), prior.mean.numpy(), torch.as_tensor(x)
+
+    def objective(th):
+        pred = model.forward(model.unflatten(torch.as_tensor(th)), xt).numpy()
+        return float((((pred - f) / 0.03) ** 2).sum() + ((w @ (th - mu)) ** 2).sum())
+
+    theta = fit.posterior.theta.numpy()
+    best = minimize(objective, theta + 0.3, method="Nelder-Mead",
+                    options={"xatol": 1e-10, "fatol": 1e-12, "maxiter": 20000})
+    assert objective(theta) <= best.fun + 1e-8
+    np.testing.assert_allclose(theta, best.x, rtol=1e-5, atol=1e-5)
+    assert objective(mu) > objective(theta) + 100  # the prior's mean alone is far off
+    # the points pin k(1000 K); Q keeps most of its prior spread
+    sd = fit.posterior.cov.diagonal().sqrt()
+    assert 10.0 < float(sd[1]) < 50.0
+
+
 def test_per_temperature_n_needs_every_isotherm_listed():
     """A per-temperature n at a temperature the model does not list: the fit refuses it (it
     once fitted that isotherm with n = 1, silently), and the curve there is NaN, not n = 1."""

@@ -498,6 +498,12 @@ class ParametricModel:
         None (the default): no such test for the law."""
         return None
 
+    def prior_starts(self, inputs: Any, y: Tensor, weight: Tensor, prior: Prior) -> Tensor:
+        """Starts (B, S, P) for a MAP fit whose data alone would not do (where
+        :meth:`initial_guesses` refuses them, e.g. an Arrhenius law from one isotherm): by
+        default the prior's mean; laws override it to read what the data do say."""
+        return prior.mean.to(y).expand(y.shape[0], 1, -1).clone()
+
     def initial_guesses(self, inputs: Any, y: Tensor, weight: Tensor | None = None) -> Tensor:
         """Starting points for a multi-start fit: (B, S, P) for batched padded curves.
 

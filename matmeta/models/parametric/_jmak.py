@@ -539,6 +539,39 @@ class ArrheniusJMAK(ParametricModel):
         return {"t_half_s": self.t_half_s(params, temps),
                 "ln_k_per_s": self.ln_k(params, temps)}
 
+    def prior_starts(self, inputs: Tensor, y: Tensor, weight: Tensor, prior: Prior) -> Tensor:
+        """Starts for a MAP fit from one isotherm (or any): each isotherm's JMAK guesses for
+        k(T) and n, the prior's mean Q, and ln k0 = mean over isotherms of ln k(T) + Q / (R T)
+        (the prior's mean itself is the fitter's other start: on few points it can sit where
+        the curve is flat at 0 or 1 and the fit cannot move)."""
+        sub = JMAK(fit_fmax=self.fit_fmax)
+        mean = prior.mean.to(y)
+        q = mean[1]
+        out = []
+        for b in range(y.shape[0]):
+            t, temp = inputs[b, :, 0], inputs[b, :, 1]
+            live = weight[b] > 0
+            starts = []
+            for s in range(3):
+                ln_k0, ln_n, fm = [], [], []
+                for temp_k in torch.unique(temp[live]):
+                    sel = live & (temp == temp_k)
+                    g = sub.initial_guesses(t[sel][None], y[b, sel][None])[0, s]
+                    ln_k0.append(g[0] + q * (1e3 / R_J_PER_MOL_K) / temp_k)
+                    ln_n.append(g[1])
+                    if self.fit_fmax:
+                        fm.append(g[2])
+                theta = mean.clone()
+                theta[0] = torch.stack(ln_k0).mean()
+                n_idx = self.flat_names.index("ln_n") if self.shared_n else None
+                if self.shared_n:
+                    theta[n_idx] = torch.stack(ln_n).median()
+                if self.fit_fmax:
+                    theta[self.flat_names.index("logit_fmax")] = torch.stack(fm).median()
+                starts.append(theta)
+            out.append(torch.stack(starts))
+        return torch.stack(out)
+
     def initial_guesses(self, inputs: Tensor, y: Tensor, weight: Tensor | None = None) -> Tensor:
         """Per isotherm JMAK guesses (Avrami regression), then ln k against 1/T by least squares.
 
