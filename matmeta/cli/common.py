@@ -50,3 +50,30 @@ def check_outputs(files=(), figures=()) -> None:
             if path is not None:
                 figure_format(path)
                 check_writable(path)
+
+
+def check_replacing(outputs, inputs=(), overwrite: bool = False) -> None:
+    """Before any work: ``outputs`` ((flag, path) pairs, None paths skipped) are distinct
+    paths, none is one of ``inputs`` (named, e.g. ``("--data", path)``: never replaced, even
+    with ``overwrite``), and none is an existing file unless ``overwrite``; a one-line error
+    naming the flag otherwise."""
+    from pathlib import Path
+
+    from matmeta.errors import InputError
+
+    given = {Path(p).resolve(): flag for flag, p in inputs if p and Path(p).exists()}
+    named: dict = {}
+    for flag, path in outputs:
+        if path is None:
+            continue
+        key = Path(path).resolve()
+        if key in given:
+            raise InputError(f"{flag} {path}: is one of this run's inputs ({given[key]}); "
+                             "writing there would replace it: choose another name")
+        if key in named:
+            raise InputError(f"{flag} {path}: also written as {named[key]}; give each output "
+                             "its own file")
+        named[key] = flag
+        if Path(path).exists() and not overwrite:
+            raise InputError(f"{flag} {path} exists; pass --overwrite to replace it, or choose "
+                             "another name")

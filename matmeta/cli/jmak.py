@@ -216,10 +216,7 @@ def _fit(args: argparse.Namespace) -> int:
     if args.report:
         from matmeta.workflows._report import check_result_folder
 
-        try:
-            check_result_folder(args.report, args.overwrite)
-        except InputError as exc:
-            raise InputError(f"--report {str(exc).replace('--out', '--report')}") from None
+        check_result_folder(args.report, args.overwrite, flag="--report")
     if args.arrhenius and args.fit_t0:
         raise InputError("--arrhenius with --fit-t0 is not supported: an incubation time "
                          "differs between isotherms; fit them separately with --fit-t0")

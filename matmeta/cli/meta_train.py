@@ -250,7 +250,7 @@ def run(args: argparse.Namespace) -> int:
 
     import torch
 
-    from matmeta.cli.common import check_outputs, setup_runtime
+    from matmeta.cli.common import check_outputs, check_replacing, setup_runtime
     from matmeta.errors import InputError
     from matmeta.meta import (
         MetaSettings,
@@ -269,22 +269,9 @@ def run(args: argparse.Namespace) -> int:
     check_outputs([out, opts["prior"]], [plot_path])
     if out.exists() and not (args.resume or args.overwrite):
         raise InputError(f"--out {out} exists; pass --resume to continue it or --overwrite")
-    for flag, path in (("--plot", plot_path), ("--prior", opts["prior"])):
-        if path is not None and Path(path).exists() and not (args.resume or args.overwrite):
-            raise InputError(f"{flag} {path} exists; pass --overwrite to replace it, or choose "
-                             "another name")
-    inputs = {Path(p).resolve() for p in (args.data, args.config) if p}
-    named: dict[Path, str] = {}
-    for flag, path in (("--out", out), ("--plot", plot_path), ("--prior", opts["prior"])):
-        if path is None:
-            continue
-        key = Path(path).resolve()
-        if key in inputs:
-            raise InputError(f"{flag} {path}: is one of this run's inputs; choose another name")
-        if key in named:
-            raise InputError(f"{flag} {path}: also written as {named[key]}; give each output "
-                             "its own file")
-        named[key] = flag
+    check_replacing([("--out", out), ("--plot", plot_path), ("--prior", opts["prior"])],
+                    inputs=[("--data", args.data), ("--config", args.config)],
+                    overwrite=args.resume or args.overwrite)
     kind = "cgcnn" if args.model == "gnn" else args.model
     dtype = getattr(torch, opts["dtype"])
     if int(opts["members"] or 1) > 1 and (opts["prior"] or kind in PARAMETRIC):

@@ -217,28 +217,15 @@ def _plot_paths(args: argparse.Namespace, out: Path) -> tuple[Path, Path]:
 def _check_outputs(args: argparse.Namespace, out: Path) -> None:
     """Refuse, before any training, outputs that would replace a file: an input always, any
     other existing file unless --overwrite (as `matmeta meta-train` does)."""
-    from matmeta.errors import InputError
+    from matmeta.cli.common import check_outputs, check_replacing
 
     paths = [("--out", out)]
+    figures = []
     if not args.no_plots:
-        parity, curves = _plot_paths(args, out)
-        paths += [("--plot", parity), ("--loss-plot", curves)]
+        figures = list(_plot_paths(args, out))
+        paths += [("--plot", figures[0]), ("--loss-plot", figures[1])]
     if args.metrics:
         paths.append(("--metrics", Path(args.metrics)))
-    named: dict[Path, str] = {}
-    for flag, path in paths:
-        if path.is_dir():
-            raise InputError(f"{flag} {path}: is a folder; expected a file name to write")
-        key = path.resolve()
-        if key in named:
-            raise InputError(f"{flag} {path}: also written as {named[key]}; give each output "
-                             "its own file")
-        named[key] = flag
-        if not path.exists():
-            continue
-        if args.data and Path(args.data).exists() and path.samefile(args.data):
-            raise InputError(f"{flag} {path} is the training table (--data): writing there "
-                             "would replace it; choose another name")
-        if not args.overwrite:
-            raise InputError(f"{flag} {path} exists; pass --overwrite to replace it, or choose "
-                             "another name")
+    check_outputs([p for _, p in paths if p not in figures], figures)
+    check_replacing(paths, inputs=[("--data, the training table", args.data)],
+                    overwrite=args.overwrite)

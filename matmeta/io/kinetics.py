@@ -77,8 +77,6 @@ class KineticsTable:
     group_columns: list[str]
     source: str
     notes: list[str] = field(default_factory=list)
-    # curves already warned about (each disorder is said once, however often curves() runs)
-    _warned: set = field(default_factory=set, repr=False, compare=False)
 
     @property
     def has_temperature(self) -> bool:
@@ -95,12 +93,14 @@ class KineticsTable:
             cols.append("temperature_K")
         return cols
 
-    def curves(self, by_temperature: bool = True) -> list[tuple[dict[str, Any], pd.DataFrame]]:
+    def curves(self, by_temperature: bool = True, warn: bool = True
+               ) -> list[tuple[dict[str, Any], pd.DataFrame]]:
         """``(key, rows)`` per curve, rows sorted by time; the whole table is one curve when
         there is nothing to group by.
 
         A curve whose rows are not in time order in the file is sorted (stable) and a
-        :class:`UnsortedTimesWarning` names it; the values are unchanged.
+        :class:`UnsortedTimesWarning` names it (unless ``warn`` is False); the values are
+        unchanged.
         """
         cols = self.curve_columns(by_temperature)
         groups = ([({}, self.data)] if not cols else
@@ -115,9 +115,7 @@ class KineticsTable:
             ordered = rows.sort_values([*within, "time_s"], kind="stable")
             unsorted = any((np.diff(part["time_s"].to_numpy()) < 0).any() for _, part in
                            (rows.groupby(within, sort=False) if within else [(None, rows)]))
-            said = (tuple(sorted(key.items(), key=str)), by_temperature)
-            if unsorted and said not in self._warned:
-                self._warned.add(said)
+            if unsorted and warn:
                 lines = rows["row"].to_numpy()
                 warnings.warn(f"{self.describe_curve(key)} (rows {lines.min()}-{lines.max()}): "
                               "times are not in increasing order; sorted by time",
@@ -134,7 +132,7 @@ class KineticsTable:
     def check_curves(self, n_params: int, has_prior: bool, by_temperature: bool = True) -> None:
         """Refuse curves that cannot be fitted: fewer points than free parameters without a
         prior, or all fractions equal (one line naming file, rows and column)."""
-        for key, rows in self.curves(by_temperature):
+        for key, rows in self.curves(by_temperature, warn=False):  # (the caller's curves warn)
             lines = rows["row"].to_numpy()
             span = f"rows {lines.min()}-{lines.max()}" if len(lines) > 1 else f"row {lines[0]}"
             prefix = f"{self.describe_curve(key)} ({span}), column 'fraction': "

@@ -512,7 +512,8 @@ def read_rows(source: str | os.PathLike | pd.DataFrame, spec: dict[str, Any], *,
 
     Returns:
         The validated table, with an ``id`` column naming each row (the composition as written,
-        the structure's file, or the id column of the file).
+        the structure's file, or the id column of the file); ``attrs["table_columns"]`` names
+        the table's other columns (labels, phases, notes), kept row for row.
 
     Raises:
         InputError: a missing target or input column, an unparsable composition or structure,
@@ -536,11 +537,17 @@ def read_rows(source: str | os.PathLike | pd.DataFrame, spec: dict[str, Any], *,
         table = label if isinstance(label, pd.DataFrame) else _plain_or_error(label, what)
         _need_columns(table, [col] + ([target] if target else [])
                       + list(spec.get("process_columns") or []), name, what)
-        df = read_alloy_table(label, col, target,
-                              process_columns=({s["column"]: s["kind"]
-                                                for s in spec.get("process") or []}
-                                               or list(spec.get("process_columns") or [])))
+        process = ({s["column"]: s["kind"] for s in spec.get("process") or []}
+                   or list(spec.get("process_columns") or []))
+        df = read_alloy_table(label, col, target, process_columns=process)
         _insert_ids(df, df["composition"].astype(str))
+        # the table's other columns (a label, a phase) ride along, row for row: the alloy
+        # reader keeps every row in order
+        other = [c for c in table.columns if c not in {col, target, *process, *df.columns}]
+        if len(table) == len(df):
+            for c in other:
+                df[c] = table[c].to_numpy()
+            df.attrs["table_columns"] = other
         return df
     if kind == "cgcnn":
         from matmeta.io import read_structure_table, read_structures
@@ -559,7 +566,10 @@ def read_rows(source: str | os.PathLike | pd.DataFrame, spec: dict[str, Any], *,
             _need_columns(_plain_or_error(path, what), [target] if target else [], name, what)
         df = read_structure_table(label, structure_column=spec.get("structure_column"),
                                   target_column=target)
+        other = [c for c in df.columns if c not in {"id", "structure", target,
+                                                     spec.get("structure_column")}]
         _insert_ids(df, [getattr(c, "source", str(i)) for i, c in enumerate(df["structure"])])
+        df.attrs["table_columns"] = other
         return df
     df = label.copy() if isinstance(label, pd.DataFrame) else _read_plain_table(label)
     _need_columns(df, list(spec.get("features") or []) + ([target] if target else []), name,
@@ -570,10 +580,13 @@ def read_rows(source: str | os.PathLike | pd.DataFrame, spec: dict[str, Any], *,
     # numbered by position
     rows = _row_numbers(df.reset_index(drop=True) if isinstance(label, pd.DataFrame) else df,
                         name)
+    other = [c for c in df.columns if c not in {"id", "row", target,
+                                                 *(spec.get("features") or [])}]
     df.insert(0, "id", [str(r) for r in rows] if "id" not in df.columns
               else df.pop("id").astype(str))
     if "row" not in df.columns:
         df.insert(1, "row", rows)
+    df.attrs["table_columns"] = other
     return df
 
 

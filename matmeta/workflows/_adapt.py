@@ -270,12 +270,7 @@ class AdaptedModel:
             out["row"] = df["row"].to_numpy()
         for s in self.spec.get("process") or []:
             out[s["column"]] = df[s["column"]].to_numpy()
-        made = {t, *(f"{t}{sfx}" for sfx in ("_std", "_std_log10", "_low90", "_high90",
-                                              "_meta_init")),
-                "rank", "nearest_family", "family_distance"}
-        for col, values in self._own_columns(candidates, len(out), set(out.columns)).items():
-            # a column of the table named like one of the predictions' keeps its values
-            out[f"input:{col}" if col in made else col] = values
+        read_cols = list(out.columns)
         out[t] = self.to_units(mean)
         if std is not None:
             std = std.to(mean)
@@ -292,29 +287,15 @@ class AdaptedModel:
         names, dist = nearest_family(self.extra.get("family_index"), df)
         out["nearest_family"] = names
         out["family_distance"] = dist
+        # the table's other columns (labels, phases) follow their rows, after the columns
+        # read; one named like a prediction's keeps its values as input:NAME
+        own = {(f"input:{c}" if c in out.columns else str(c)): df[c].to_numpy()
+               for c in df.attrs.get("table_columns", ()) if c not in read_cols}
+        if own:
+            out = pd.concat([out[read_cols], pd.DataFrame(own),
+                             out.drop(columns=read_cols)], axis=1)
         out.attrs["goal"] = goal
         return out
-
-    def _own_columns(self, candidates: Any, n: int, taken: set[str]) -> dict[str, Any]:
-        """The candidate table's other columns (a label, a phase, a note), to follow their rows
-        into the predictions: from a CSV file or a DataFrame whose rows all became candidates
-        (the readers keep every row in order); the composition and structure columns are
-        already the ``id``."""
-        if isinstance(candidates, pd.DataFrame):
-            raw = candidates
-        elif isinstance(candidates, (str, os.PathLike)) and str(candidates).lower().endswith(
-                (".csv", ".csv.gz")) and Path(candidates).is_file():
-            try:
-                raw = pd.read_csv(candidates)
-            except (ValueError, OSError, UnicodeDecodeError):
-                return {}
-        else:
-            return {}
-        if len(raw) != n:
-            return {}
-        skip = taken | {self.spec.get("composition_column"), self.spec.get("structure_column"),
-                        "structure", *(self.spec.get("features") or [])}
-        return {str(c): raw[c].to_numpy() for c in raw.columns if str(c) not in skip}
 
     # ------------------------------------------------------------------------------ saving
 

@@ -79,7 +79,8 @@ def _foreign(folder: Path) -> list[str] | None:
     return sorted((files - written - {MARKER}) | (dirs - ours))
 
 
-def check_result_folder(out: str | os.PathLike, overwrite: bool = False) -> Path:
+def check_result_folder(out: str | os.PathLike, overwrite: bool = False,
+                        flag: str = "--out") -> Path:
     """Refuse a destination :func:`result_folder` would not replace; call it before long work.
 
     Example:
@@ -89,37 +90,39 @@ def check_result_folder(out: str | os.PathLike, overwrite: bool = False) -> Path
     matmeta run wrote that holds only the files that run wrote (its ``.matmeta-result`` marker
     lists them). Anything else is refused, so a file matmeta did not write is never deleted.
 
+    ``flag``: the option the messages name (``--out``, ``--report``).
+
     Raises:
         InputError: ``out`` is a file; a folder holding files matmeta did not write (the message
             names them); an earlier result without ``overwrite``.
     """
     dest = Path(out)
     if dest.name in ("", ".", ".."):
-        raise InputError(f"--out {out}: give the result folder a name of its own (e.g. "
+        raise InputError(f"{flag} {out}: give the result folder a name of its own (e.g. "
                          f"{dest / 'result'})")
     if dest.is_symlink():
-        raise InputError(f"{dest}: is a link; give the folder itself, or choose another --out")
+        raise InputError(f"{dest}: is a link; give the folder itself, or choose another {flag}")
     if dest.exists() and not dest.is_dir():
-        raise InputError(f"{dest}: exists and is not a folder; choose another --out")
+        raise InputError(f"{dest}: exists and is not a folder; choose another {flag}")
     if not dest.exists() or not any(dest.iterdir()):
         return dest
     if not (dest / MARKER).is_file():
-        raise InputError(f"{dest}: exists and was not written by matmeta; choose another --out "
+        raise InputError(f"{dest}: exists and was not written by matmeta; choose another {flag} "
                          "(or remove the folder yourself)")
     foreign = _foreign(dest)
     if foreign is None:
         raise InputError(f"{dest}: an earlier matmeta result that does not list the files it "
-                         "wrote, so yours cannot be told apart; choose another --out (or remove "
+                         f"wrote, so yours cannot be told apart; choose another {flag} (or remove "
                          "the folder yourself)")
     if foreign:
         shown = ", ".join(foreign[:3]) + (f" and {len(foreign) - 3} more" if len(foreign) > 3
                                           else "")
         it = "it" if len(foreign) == 1 else "them"
         raise InputError(f"{dest}: holds {shown}, which matmeta did not write; nothing was "
-                         f"replaced: move {it} out, or choose another --out")
+                         f"replaced: move {it} out, or choose another {flag}")
     if not overwrite:
         raise InputError(f"{dest}: already exists (an earlier matmeta result); pass --overwrite "
-                         "to replace it, or choose another --out")
+                         f"to replace it, or choose another {flag}")
     return dest
 
 

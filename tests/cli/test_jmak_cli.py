@@ -291,3 +291,18 @@ def test_arrhenius_one_isotherm_needs_a_prior(tmp_path, capsys):
     assert abs(row["Q_kJ_per_mol"] - 250.0) < 60.0
     # k at 1000 K is what the points say: t_half between the 0.05 and 0.9 points
     assert 100.0 < row["t_half_s"] < 5000.0
+
+
+def test_report_folder_of_the_users_is_refused_before_anything_is_written(tmp_path, capsys):
+    """--report names a folder holding the user's file: refused first (the table and plots
+    were once written before the refusal), the message naming --report."""
+    src = tmp_path / "three.csv"
+    src.write_text("time_s,fraction\n300,0.1\n600,0.3\n1500,0.8\n")
+    mine = tmp_path / "mine"
+    mine.mkdir()
+    (mine / "notes.txt").write_text("mine")
+    out, plot = tmp_path / "fit.csv", tmp_path / "fit.png"
+    code, _, err = run(["jmak", "fit", str(src), "--prior", str(tmp_path / "p.json"), "--out",
+                        str(out), "--plot", str(plot), "--report", str(mine)], capsys)
+    assert code == 2 and "choose another --report" in err and len(err.strip().splitlines()) == 1
+    assert not out.exists() and not plot.exists() and (mine / "notes.txt").read_text() == "mine"

@@ -546,30 +546,23 @@ class ArrheniusJMAK(ParametricModel):
         the curve is flat at 0 or 1 and the fit cannot move)."""
         sub = JMAK(fit_fmax=self.fit_fmax)
         mean = prior.mean.to(y)
-        q = mean[1]
+        c = 1e3 / R_J_PER_MOL_K
         out = []
         for b in range(y.shape[0]):
             t, temp = inputs[b, :, 0], inputs[b, :, 1]
             live = weight[b] > 0
-            starts = []
-            for s in range(3):
-                ln_k0, ln_n, fm = [], [], []
-                for temp_k in torch.unique(temp[live]):
-                    sel = live & (temp == temp_k)
-                    g = sub.initial_guesses(t[sel][None], y[b, sel][None])[0, s]
-                    ln_k0.append(g[0] + q * (1e3 / R_J_PER_MOL_K) / temp_k)
-                    ln_n.append(g[1])
-                    if self.fit_fmax:
-                        fm.append(g[2])
-                theta = mean.clone()
-                theta[0] = torch.stack(ln_k0).mean()
-                n_idx = self.flat_names.index("ln_n") if self.shared_n else None
-                if self.shared_n:
-                    theta[n_idx] = torch.stack(ln_n).median()
-                if self.fit_fmax:
-                    theta[self.flat_names.index("logit_fmax")] = torch.stack(fm).median()
-                starts.append(theta)
-            out.append(torch.stack(starts))
+            temps = torch.unique(temp[live])
+            # each isotherm's starts (S, P_sub), read once: (T, S, P_sub)
+            guesses = torch.stack([sub.initial_guesses(t[live & (temp == tk)][None],
+                                                       y[b, live & (temp == tk)][None])[0]
+                                   for tk in temps])
+            theta = mean.expand(guesses.shape[1], -1).clone()
+            theta[:, 0] = (guesses[..., 0] + mean[1] * c / temps[:, None]).mean(0)
+            if self.shared_n:
+                theta[:, self.flat_names.index("ln_n")] = guesses[..., 1].median(0).values
+            if self.fit_fmax:
+                theta[:, self.flat_names.index("logit_fmax")] = guesses[..., 2].median(0).values
+            out.append(theta)
         return torch.stack(out)
 
     def initial_guesses(self, inputs: Tensor, y: Tensor, weight: Tensor | None = None) -> Tensor:
